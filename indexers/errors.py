@@ -1,0 +1,24 @@
+"""Errors raised by the index package.
+
+Hierarchy (shared root with ``rewriters.errors``)::
+
+    UdrlError
+    ├── ConfigError            bad option (unknown index type, k < 1)
+    ├── DataError              unreadable catalogue, bad records
+    └── IndexStoreError        an index on disk or in Elasticsearch is missing or unusable
+        └── EncoderMismatchError   the index was built by another encoder than the one given
+"""
+
+from __future__ import annotations
+
+from rewriters.errors import ConfigError, DataError, UdrlError
+
+__all__ = ["UdrlError", "ConfigError", "DataError", "IndexStoreError", "EncoderMismatchError"]
+
+
+class IndexStoreError(UdrlError):
+    """An index is missing, incomplete, corrupt, or its backend refused an operation."""
+
+
+class EncoderMismatchError(IndexStoreError):
+    """Opening an index with an encoder (name or dimension) other than the one that built it."""

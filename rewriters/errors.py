@@ -1,0 +1,36 @@
+"""Errors raised by the rewriter package.
+
+Hierarchy (``plugin`` and ``indexers`` extend it, never the other way round)::
+
+    UdrlError
+    ├── ConfigError     bad option or value given by the caller (unknown task, length out of range)
+    ├── DataError       unreadable or invalid input data (missing file, bad JSONL line)
+    ├── ModelError      missing, incomplete or incompatible model directory
+    └── TeacherError    the teacher endpoint failed or replied with something unusable
+
+Every message names the bad value and, where there is one, the fix.
+"""
+
+from __future__ import annotations
+
+__all__ = ["UdrlError", "ConfigError", "DataError", "ModelError", "TeacherError"]
+
+
+class UdrlError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigError(UdrlError, ValueError):
+    """A caller-supplied option or value is invalid."""
+
+
+class DataError(UdrlError):
+    """Input data cannot be read or does not validate."""
+
+
+class ModelError(UdrlError):
+    """A model directory is missing, incomplete or incompatible."""
+
+
+class TeacherError(UdrlError):
+    """The teacher endpoint failed or its reply could not be parsed."""

