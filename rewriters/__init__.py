@@ -1,1 +1,30 @@
-"""placeholder"""
+"""Rewriters: intent detection and the UDRL GPT-2 query rewriter (data, training, generation).
+
+Public names are imported lazily so that ``import rewriters`` stays cheap (torch loads on use).
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "Command": "commands", "TASKS": "commands", "INTENTS": "commands",
+    "Example": "data", "read_examples": "data", "write_examples": "data",
+    "UdrlError": "errors", "ConfigError": "errors", "DataError": "errors",
+    "ModelError": "errors", "TeacherError": "errors",
+    "Scorer": "rewards", "load_scorer": "rewards", "relabel": "rewards",
+    "Teacher": "teachers", "BuiltinTeacher": "teachers", "OpenAITeacher": "teachers",
+    "run_distill": "distill", "DistillConfig": "distill",
+    "TrainConfig": "train", "train_rewriter": "train",
+    "Rewriter": "generate", "Rewrite": "generate", "load_rewriter": "generate",
+    "IntentDetector": "intent", "load_intent_detector": "intent", "train_intent": "intent",
+    "evaluate_rewriter": "evaluate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,227 @@
+"""The ``udrl`` command line: parse and validate, call plugin.jobs / the libraries, print.
+
+Every error the project raises on purpose ends the command with one ``error: ...`` line on
+stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import typer
+
+from rewriters.errors import UdrlError
+
+from .config import Settings, load_settings, with_overrides
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="UDRL query rewriting for multimodal search.")
+log = logging.getLogger("udrl")
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML settings file."),
+    workspace: Optional[Path] = typer.Option(None, "--workspace", "-w",
+                                             help="Folder for data, models and indexes."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "sentence_transformers", "matplotlib", "transformers", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    ctx.obj = load_settings(config, workspace=workspace)
+
+
+def _settings(ctx: typer.Context, **dotted: Any) -> Settings:
+    return with_overrides(ctx.obj, dotted)
+
+
+def _print_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@app.command()
+def distill(
+    ctx: typer.Context,
+    queries: Optional[Path] = typer.Option(None, help="Seed queries, one per line (TAB intent)."),
+    builtin_queries: Optional[int] = typer.Option(None, help="Use N builtin-generated queries."),
+    teacher: Optional[str] = typer.Option(None, help="builtin | openai"),
+    base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint URL."),
+    model: Optional[str] = typer.Option(None, help="Teacher model name."),
+    per_task: Optional[int] = typer.Option(None, help="Prompts per query and task."),
+    concurrency: Optional[int] = typer.Option(None, help="Teacher requests in flight."),
+    no_score: bool = typer.Option(False, "--no-score", help="Skip relevance relabelling."),
+) -> None:
+    """Distil (query, prompt) examples from a teacher into <workspace>/distilled.jsonl."""
+    from .jobs import distill_job
+
+    s = _settings(ctx, queries_file=queries, builtin_queries=builtin_queries,
+                  **{"teacher.kind": teacher, "teacher.base_url": base_url,
+                     "teacher.model": model, "teacher.prompts_per_task": per_task,
+                     "teacher.concurrency": concurrency})
+    _print_json(distill_job(s, progress=True, score=not no_score))
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    base_model: Optional[str] = typer.Option(None, help="scratch | GPT-2 name | local dir."),
+    preset: Optional[str] = typer.Option(None, help="Scratch architecture: tiny|small|gpt2."),
+    steps: Optional[int] = typer.Option(None, help="Optimiser steps before UDRL rounds."),
+    rounds: Optional[int] = typer.Option(None, help="UDRL explore/relabel/retrain rounds."),
+    round_steps: Optional[int] = typer.Option(None, help="Optimiser steps per round."),
+    batch_size: Optional[int] = typer.Option(None),
+    lr: Optional[float] = typer.Option(None),
+) -> None:
+    """Train the UDRL GPT-2 rewriter into <workspace>/rewriter."""
+    from .jobs import train_job
+
+    s = _settings(ctx, **{"train.base_model": base_model, "train.preset": preset,
+                          "train.steps": steps, "train.rounds": rounds,
+                          "train.round_steps": round_steps, "train.batch_size": batch_size,
+                          "train.lr": lr})
+    result = train_job(s, progress=True)
+    for r in result.metrics["rounds"]:
+        typer.echo(_round_line(r))
+    typer.echo(f"model {result.version} saved to {result.model_dir} "
+               f"(loss curve: {result.model_dir / 'loss_curve.png'})")
+
+
+def _round_line(r: dict[str, Any]) -> str:
+    rel = " ".join(f"{k}:{v:.3f}" if v is not None else f"{k}:-"
+                   for k, v in r["relevance_by_bucket"].items())
+    return (f"round {r['round']}: examples {r['examples']}, length MSE {r['length_mse']:.2f}, "
+            f"within±2 {100 * r['within_2']:.1f}%, relevance by bucket [{rel}], "
+            f"distinct-2 {r['distinct_2']:.3f}")
+
+
+@app.command()
+def rewrite(
+    ctx: typer.Context,
+    query: str = typer.Argument(..., help="Search query to rewrite."),
+    task: str = typer.Option("image", help="image | template"),
+    length: Optional[int] = typer.Option(None, help="Target length in words (3-40)."),
+    relevance: Optional[int] = typer.Option(None, help="Relevance bucket 0-4 (4 = best)."),
+    n: int = typer.Option(1, "-n", help="Prompts to generate."),
+    strict_length: Optional[bool] = typer.Option(None, "--strict-length/--free-length"),
+    decoding: Optional[str] = typer.Option(None, help="sample | greedy | beam"),
+    seed: Optional[int] = typer.Option(None),
+    model_dir: Optional[Path] = typer.Option(None, "--model", help="Rewriter directory."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Generate prompts for QUERY that obey a command."""
+    from rewriters.commands import Command
+    from rewriters.generate import load_rewriter
+
+    s = _settings(ctx)
+    g = s.generation
+    default_len = g.image_length if task == "image" else g.template_length
+    command = Command(task, length if length is not None else default_len,
+                      relevance if relevance is not None else g.relevance)
+    if not query.strip():
+        raise UdrlError("query is empty; pass some search text")
+    rw = load_rewriter(model_dir or s.model_dir, device=s.device)
+    outs = rw.rewrite_batch([(query, command)], n=n,
+                            strict_length=g.strict_length if strict_length is None else strict_length,
+                            decoding=decoding or g.decoding, temperature=g.temperature,
+                            top_p=g.top_p, num_beams=g.num_beams, seed=seed)[0]
+    if as_json:
+        _print_json([{"prompt": o.prompt, "words": o.words, "valid": o.valid,
+                      "problems": list(o.problems)} for o in outs])
+        return
+    for o in outs:
+        flag = "" if o.valid else f"  [invalid: {', '.join(o.problems)}]"
+        typer.echo(f"[{o.words:2d} words] {o.prompt}{flag}")
+
+
+@app.command("train-intent")
+def train_intent(ctx: typer.Context) -> None:
+    """Train the intent detector into <workspace>/intent and report held-out accuracy."""
+    from .jobs import train_intent_job
+
+    m = train_intent_job(_settings(ctx))
+    h = m["heldout"]
+    typer.echo(f"intent: held-out accuracy {h['accuracy']:.3f} on {h['count']} queries, "
+               f"ECE {h['ece']:.3f}, {h['latency_us']:.1f} µs/query")
+
+
+@app.command()
+def intent(
+    ctx: typer.Context,
+    query: str = typer.Argument(..., help="Search query."),
+    model_dir: Optional[Path] = typer.Option(None, "--model", help="Intent model directory."),
+) -> None:
+    """Classify QUERY's intent and show where it would be routed."""
+    from rewriters.intent import load_intent_detector
+
+    s = _settings(ctx)
+    p = load_intent_detector(model_dir or s.intent_dir).predict(query)
+    probs = ", ".join(f"{k} {v:.2f}" for k, v in p.probs.items())
+    typer.echo(f"{p.intent} ({probs}) -> {' + '.join(p.routed)}")
+
+
+@app.command("eval-rewriter")
+def eval_rewriter(
+    ctx: typer.Context,
+    commands: int = typer.Option(300, help="Held-out commands to generate for."),
+    out: Optional[Path] = typer.Option(None, help="Report folder (default <workspace>/reports)."),
+) -> None:
+    """Measure length control, relevance per bucket, distinct-2 and intent accuracy."""
+    from .jobs import eval_rewriter_job
+
+    if commands < 10:
+        raise UdrlError(f"commands {commands} is too few for a report; use 10 or more")
+    report = eval_rewriter_job(_settings(ctx), commands, progress=True, out=out)
+    typer.echo(f"model {report['version']} on {report['commands']} held-out commands")
+    typer.echo(f"{'mode':<14} {'len MSE':>8} {'±2 words':>9} {'exact':>6} {'distinct-2':>10}  "
+               "mean relevance by requested bucket 0..4")
+    for name, m in report["modes"].items():
+        rel = " ".join("  -  " if v is None else f"{v:.3f}" for v in m["relevance_by_bucket"].values())
+        typer.echo(f"{name:<14} {m['length_mse']:8.2f} {100 * m['within_2']:8.1f}% "
+                   f"{100 * m['exact_length']:5.1f}% {m['distinct_2']:10.3f}  {rel}")
+    if report["intent"]:
+        i = report["intent"]
+        typer.echo(f"intent: held-out accuracy {i['accuracy']:.3f} on {i['count']} queries")
+    typer.echo(f"report: {report['report']}  plot: {report['plot']}")
+
+
+def _usage_errors() -> tuple[type[BaseException], ...]:
+    # typer >= 0.20 vendors click as typer._click; older typer uses click itself.
+    errs: list[type[BaseException]] = [click.ClickException]
+    if hasattr(typer, "TyperException"):
+        errs.append(typer.TyperException)
+    return tuple(errs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: returns the exit status."""
+    try:
+        app(args=argv, standalone_mode=False, prog_name="udrl")
+    except (click.exceptions.Exit, typer.Exit) as e:
+        return int(getattr(e, "exit_code", 0) or 0)
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except UdrlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except _usage_errors() as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            return 2  # help was already printed
+        msg = e.format_message() if hasattr(e, "format_message") else str(e)
+        print(f"error: {' '.join(msg.split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

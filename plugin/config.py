@@ -1,0 +1,189 @@
+"""Runtime settings: one pydantic object that every command and the service read.
+
+Precedence, highest first: explicit overrides (CLI flags) > environment (``UDRL_*``, nested with
+``__``, e.g. ``UDRL_TEACHER__KIND=openai``) > TOML file (``--config``, ``UDRL_CONFIG`` or
+``./udrl.toml``) > defaults. Library code never reads the environment; it gets values from here.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
+
+from rewriters.errors import ConfigError
+
+__all__ = [
+    "Settings",
+    "TeacherSettings",
+    "TrainSettings",
+    "IntentSettings",
+    "GenerationSettings",
+    "load_settings",
+    "with_overrides",
+    "get_settings",
+    "DEFAULT_CONFIG_FILE",
+]
+
+DEFAULT_CONFIG_FILE = "udrl.toml"
+
+
+class TeacherSettings(BaseModel):
+    """Where distilled data comes from."""
+
+    kind: Literal["builtin", "openai"] = "builtin"  # builtin: offline composer; openai: an LLM
+    base_url: str = "http://localhost:8000/v1"  # OpenAI-compatible endpoint (vLLM, Ollama, ...)
+    model: str = "meta-llama/Meta-Llama-3-8B-Instruct"  # model name the endpoint serves
+    api_key: SecretStr | None = None  # Bearer token, if the endpoint needs one
+    concurrency: int = Field(8, ge=1, le=256)  # requests in flight
+    timeout_s: float = Field(60.0, gt=0)  # per request
+    max_retries: int = Field(4, ge=0, le=20)  # on 429/5xx/timeouts/malformed replies
+    prompts_per_task: int = Field(4, ge=1, le=64)  # prompts asked per query and task
+    seed: int = 0
+
+
+class TrainSettings(BaseModel):
+    """Rewriter training; mirrors rewriters.train.TrainConfig (see its field comments)."""
+
+    base_model: str = "scratch"  # "scratch", a pretrained GPT-2 name, or a local directory
+    preset: Literal["tiny", "small", "gpt2"] = "small"  # scratch architecture
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    warmup_steps: int = Field(50, ge=0)
+    held_out: float = Field(0.1, gt=0, lt=1)
+    rounds: int = Field(0, ge=0, le=20)
+    round_steps: int = Field(300, ge=1)
+    explore_per_round: int = Field(512, ge=1)
+    eval_commands: int = Field(200, ge=10)
+    seed: int = 0
+
+
+class IntentSettings(BaseModel):
+    """Intent detection."""
+
+    threshold: float = Field(0.5, ge=0, le=1)  # below this top probability, route to both
+    epochs: int = Field(30, ge=1)
+    held_out: float = Field(0.2, gt=0, lt=1)  # share of queries for the accuracy report
+    seed: int = 0
+
+
+class GenerationSettings(BaseModel):
+    """Defaults for `udrl rewrite` and the service."""
+
+    decoding: Literal["sample", "greedy", "beam"] = "sample"
+    temperature: float = Field(0.8, gt=0, le=2)
+    top_p: float = Field(0.95, gt=0, le=1)
+    num_beams: int = Field(4, ge=1, le=16)
+    strict_length: bool = False
+    batch_size: int = Field(32, ge=1, le=512)
+    relevance: int = Field(4, ge=0, le=4)  # default relevance bucket asked for
+    image_length: int = Field(12, ge=3, le=40)  # default image prompt length (words)
+    template_length: int = Field(10, ge=3, le=40)  # default template prompt length (words)
+
+
+class Settings(BaseSettings):
+    """Everything a udrl command needs to know about its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="UDRL_", env_nested_delimiter="__",
+                                      extra="forbid")
+
+    workspace: Path = Path("udrl-work")  # root for data, models and indexes
+    queries_file: Path | None = None  # seed queries (one per line, optional TAB intent)
+    builtin_queries: int = Field(1500, ge=1)  # queries from the builtin generator otherwise
+    scorer: Literal["minilm", "lexical"] = "minilm"  # relevance scorer for relabelling
+    scorer_model: str | None = None  # sentence-transformers dir/name (default: shipped MiniLM)
+    device: str = "cpu"  # torch device for models
+    teacher: TeacherSettings = TeacherSettings()
+    train: TrainSettings = TrainSettings()
+    intent: IntentSettings = IntentSettings()
+    generation: GenerationSettings = GenerationSettings()
+
+    @property
+    def data_path(self) -> Path:
+        return self.workspace / "distilled.jsonl"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.workspace / "rewriter"
+
+    @property
+    def intent_dir(self) -> Path:
+        return self.workspace / "intent"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.workspace / "reports"
+
+
+def _toml_path(config: str | os.PathLike[str] | None, environ: dict[str, str]) -> Path | None:
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        return path
+    if environ.get("UDRL_CONFIG"):
+        return _toml_path(environ["UDRL_CONFIG"], {})
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Build settings from overrides, ``UDRL_*`` environment, a TOML file and defaults.
+
+    Args:
+        config: TOML file; else ``$UDRL_CONFIG``; else ``./udrl.toml`` when present.
+        overrides: values that win over everything (CLI flags); None values are ignored.
+    """
+    toml_file = _toml_path(config, dict(os.environ))
+    if toml_file is not None:
+        try:
+            tomllib.loads(toml_file.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {toml_file} is not valid TOML: {e}") from e
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                       dotenv_settings, file_secret_settings):
+            sources = [init_settings, env_settings]
+            if toml_file is not None:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+            return tuple(sources)
+
+    try:
+        return _FromFile(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"setting {where}: {first['msg']} (got {first.get('input')!r})") from e
+
+
+def with_overrides(settings: Settings, values: dict[str, Any]) -> Settings:
+    """Settings with dotted-path overrides applied (``{"train.steps": 10}``); None is skipped."""
+    data = settings.model_dump()
+    for key, value in values.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    try:
+        return type(settings).model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"setting {where}: {first['msg']} (got {first.get('input')!r})") from e
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Process-wide settings for the service (FastAPI dependency; override it in tests)."""
+    return load_settings()

@@ -1,0 +1,178 @@
+"""Batch jobs behind the CLI: wiring settings to the rewriter library. No argument parsing here.
+
+Each job takes :class:`plugin.config.Settings`, calls library functions, writes its outputs under
+the workspace and returns a JSON-able report that the CLI prints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from rewriters.data import read_examples, split_by_query, write_examples
+from rewriters.errors import DataError, ModelError
+from rewriters.rewards import Scorer, load_scorer, relabel
+
+from .config import Settings
+
+__all__ = [
+    "make_scorer",
+    "make_teacher",
+    "load_query_specs",
+    "relabel_file",
+    "distill_job",
+    "train_job",
+    "train_intent_job",
+    "eval_rewriter_job",
+]
+
+log = logging.getLogger(__name__)
+
+
+def make_scorer(settings: Settings) -> Scorer:
+    """The relevance scorer the settings name."""
+    return load_scorer(settings.scorer, settings.scorer_model)
+
+
+def make_teacher(settings: Settings):
+    """The teacher the settings name (builtin offline composer or an OpenAI-compatible LLM)."""
+    from rewriters.teachers import BuiltinTeacher, OpenAITeacher
+
+    t = settings.teacher
+    if t.kind == "builtin":
+        return BuiltinTeacher(seed=t.seed)
+    key = t.api_key.get_secret_value() if t.api_key else None
+    return OpenAITeacher(base_url=t.base_url, model=t.model, api_key=key, timeout_s=t.timeout_s,
+                         max_retries=t.max_retries)
+
+
+def load_query_specs(settings: Settings):
+    """Seed queries from the settings' file, or the builtin generator."""
+    from rewriters.queries import builtin_queries, read_queries
+
+    if settings.queries_file is not None:
+        return read_queries(settings.queries_file)
+    return builtin_queries(settings.builtin_queries, seed=settings.teacher.seed)
+
+
+def relabel_file(path: Path, scorer: Scorer, progress: bool = True) -> dict[str, Any]:
+    """Score relevance where missing and re-bucket every example of a JSONL file, atomically."""
+    loaded = read_examples(path)
+    if not loaded.examples:
+        raise DataError(f"{path} holds no valid examples to relabel")
+    examples, edges = relabel(loaded.examples, scorer, progress=progress)
+    write_examples(path, examples)
+    return {"examples": len(examples), "rejected_lines": len(loaded.rejects), "bucket_edges": edges}
+
+
+def distill_job(settings: Settings, progress: bool = True, score: bool = True) -> dict[str, Any]:
+    """Distil examples from the teacher into the workspace JSONL, then relabel them."""
+    from dataclasses import asdict
+
+    from rewriters.distill import DistillConfig, run_distill
+
+    specs = load_query_specs(settings)
+    teacher = make_teacher(settings)
+    cfg = DistillConfig(prompts_per_task=settings.teacher.prompts_per_task,
+                        concurrency=settings.teacher.concurrency, seed=settings.teacher.seed)
+    report = asdict(run_distill(specs, teacher, settings.data_path, cfg, progress=progress))
+    report["out"] = str(settings.data_path)
+    if score:
+        report["relabel"] = relabel_file(settings.data_path, make_scorer(settings), progress)
+    return report
+
+
+def _train_config(settings: Settings):
+    from rewriters.model import MODEL_PRESETS
+    from rewriters.train import TrainConfig
+
+    t = settings.train
+    return TrainConfig(
+        base_model=t.base_model, model=MODEL_PRESETS[t.preset], steps=t.steps,
+        batch_size=t.batch_size, lr=t.lr, warmup_steps=min(t.warmup_steps, t.steps),
+        held_out=t.held_out, rounds=t.rounds, round_steps=t.round_steps,
+        explore_per_round=t.explore_per_round, eval_commands=t.eval_commands, seed=t.seed,
+    )
+
+
+def train_job(settings: Settings, progress: bool = True):
+    """Train the UDRL rewriter on the workspace data; returns rewriters.train.TrainResult."""
+    from rewriters.train import train_rewriter
+
+    loaded = read_examples(settings.data_path)
+    return train_rewriter(loaded.examples, make_scorer(settings), settings.model_dir,
+                          _train_config(settings), progress=progress)
+
+
+def train_intent_job(settings: Settings, progress: bool = True) -> dict[str, Any]:
+    """Train the intent detector on the workspace data, holding queries out for its report."""
+    from rewriters.intent import IntentConfig, evaluate_intent, train_intent
+
+    s = settings.intent
+    examples = read_examples(settings.data_path).examples
+    train, test = split_by_query(examples, s.held_out, s.seed)
+    if not test:
+        raise DataError("too few distinct queries to hold some out for the intent report")
+    detector, fit = train_intent(train, IntentConfig(threshold=s.threshold, epochs=s.epochs,
+                                                     seed=s.seed), progress=progress)
+    metrics = {"fit": fit, "heldout": evaluate_intent(detector, test)}
+    detector.save(settings.intent_dir, metrics=metrics)
+    write_examples(settings.intent_dir / "heldout.jsonl", test)
+    return metrics
+
+
+EVAL_MODES = (  # (name, strict_length, decoding)
+    ("free-greedy", False, "greedy"),
+    ("free-sample", False, "sample"),
+    ("strict-greedy", True, "greedy"),
+)
+
+
+def eval_rewriter_job(settings: Settings, n_commands: int = 300, progress: bool = True,
+                      out: Path | None = None) -> dict[str, Any]:
+    """Measure command obedience on held-out commands (and intent accuracy) and write a report.
+
+    Writes ``<reports>/eval_rewriter.json``, a per-item JSONL and a length-error histogram.
+    """
+    from rewriters.evaluate import evaluate_rewriter, held_out_commands, plot_length_errors
+    from rewriters.generate import load_rewriter
+
+    rewriter = load_rewriter(settings.model_dir, device=settings.device,
+                             batch_size=settings.generation.batch_size)
+    heldout = settings.model_dir / "heldout.jsonl"
+    if not heldout.is_file():
+        raise ModelError(f"{heldout} is missing; it is written by `udrl train`")
+    scorer = make_scorer(settings)
+    commands = held_out_commands(read_examples(heldout).examples, n_commands, settings.train.seed)
+    report: dict[str, Any] = {"model": str(settings.model_dir), "version": rewriter.version,
+                              "commands": len(commands), "modes": {}}
+    rows_by_mode = {}
+    for name, strict, decoding in EVAL_MODES:
+        metrics, rows = evaluate_rewriter(rewriter, scorer, commands, strict_length=strict,
+                                          decoding=decoding, seed=settings.train.seed,
+                                          progress=progress)
+        report["modes"][name] = metrics
+        rows_by_mode[name] = rows
+    report["intent"] = _intent_report(settings)
+    out_dir = out or settings.reports_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report["plot"] = str(plot_length_errors(rows_by_mode, out_dir / "length_errors.png"))
+    with (out_dir / "eval_rewriter_items.jsonl").open("w") as fh:
+        for name, rows in rows_by_mode.items():
+            for r in rows:
+                fh.write(json.dumps({"mode": name, **r}) + "\n")
+    (out_dir / "eval_rewriter.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["report"] = str(out_dir / "eval_rewriter.json")
+    return report
+
+
+def _intent_report(settings: Settings) -> dict[str, Any] | None:
+    from rewriters.intent import evaluate_intent, load_intent_detector
+
+    held = settings.intent_dir / "heldout.jsonl"
+    if not settings.intent_dir.is_dir() or not held.is_file():
+        log.warning("no intent model at %s; the report has no intent accuracy", settings.intent_dir)
+        return None
+    return evaluate_intent(load_intent_detector(settings.intent_dir), read_examples(held).examples)

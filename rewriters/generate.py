@@ -1,0 +1,274 @@
+"""Controlled generation: ask the UDRL GPT-2 for a prompt with a given task, length and relevance.
+
+Decoding always bans command tokens other than ``<|end|>``, whitespace-only tokens and (for
+models trained over a restricted output vocabulary) tokens the model never learnt to emit.
+``strict_length`` adds a hard constraint: ``<|end|>`` is forbidden before the target word count
+and forced once it is reached. Every output is cleaned and validated.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+from .commands import END_TOKEN, LENGTH_MAX, PROMPT_TOKEN, Command, count_words
+from .errors import ConfigError
+from .model import RewriterMeta, load_model_dir
+
+__all__ = [
+    "DECODINGS",
+    "Rewrite",
+    "Rewriter",
+    "load_rewriter",
+    "clip_token_count",
+    "CLIP_CONTEXT",
+]
+
+log = logging.getLogger(__name__)
+
+DECODINGS = ("sample", "greedy", "beam")
+CLIP_CONTEXT = 77  # CLIP's text window, start and end tokens included
+_MAX_TAIL_PIECES = 6  # sub-word pieces allowed after the last word before <|end|> is forced
+
+
+@lru_cache(maxsize=1)
+def _clip_tokenizer():
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer()
+
+
+def clip_token_count(text: str) -> int:
+    """Tokens ``text`` takes in CLIP's window, start and end tokens included."""
+    return len(_clip_tokenizer().encode(text)) + 2
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """One generated prompt and what it achieved."""
+
+    prompt: str  # cleaned prompt text
+    words: int  # achieved length in words
+    command: Command  # what was asked for
+    valid: bool  # passed validation
+    problems: tuple[str, ...] = field(default=())  # why not valid, or what cleaning changed
+
+
+class _CommandLogits:
+    """Logits processor enforcing the bans and, optionally, the exact target length."""
+
+    def __init__(self, prompt_len: int, banned: torch.Tensor, word_start: torch.Tensor,
+                 end_id: int, targets: torch.Tensor | None):
+        self.prompt_len = prompt_len
+        self.banned = banned  # (V,) bool
+        self.word_start = word_start  # (V,) bool
+        self.end_id = end_id
+        self.targets = targets  # (B,) target words per input, or None when not strict
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        v = scores.shape[-1]
+        scores = scores.masked_fill(self.banned[:v], float("-inf"))
+        if self.targets is None:
+            return scores
+        gen = input_ids[:, self.prompt_len :]  # (R, t) generated so far
+        rows = scores.shape[0]
+        targets = self.targets.repeat_interleave(rows // self.targets.shape[0])  # (R,)
+        if gen.shape[1] == 0:
+            words = torch.zeros(rows, dtype=torch.long)
+            since_start = torch.zeros(rows, dtype=torch.long)
+        else:
+            starts = self.word_start[gen]  # (R, t)
+            starts[:, 0] = True  # the first piece always opens a word
+            words = starts.sum(1)
+            idx = torch.arange(gen.shape[1]).expand_as(gen)
+            last = torch.where(starts, idx, torch.zeros_like(idx)).max(1).values
+            since_start = gen.shape[1] - 1 - last
+        neg = float("-inf")
+        short = words < targets  # (R,)
+        scores[short, self.end_id] = neg
+        at = words >= targets
+        ws = self.word_start[:v]
+        scores[at.unsqueeze(1) & ws.unsqueeze(0)] = neg
+        force = at & (since_start >= _MAX_TAIL_PIECES)
+        if force.any():
+            keep = scores[force, self.end_id].clone()
+            scores[force] = neg
+            scores[force, self.end_id] = torch.where(torch.isfinite(keep), keep, torch.zeros_like(keep))
+        return scores
+
+
+class Rewriter:
+    """Generates prompts that obey UDRL commands.
+
+    Args:
+        model, tokenizer, meta, output_vocab: as returned by ``load_model_dir``.
+        batch_size: inputs per forward batch in ``rewrite_batch``.
+    """
+
+    def __init__(self, model, tokenizer, meta: RewriterMeta,
+                 output_vocab: Sequence[int] | None = None, batch_size: int = 32):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.batch_size = batch_size
+        self.end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
+        self.prompt_id = tokenizer.convert_tokens_to_ids(PROMPT_TOKEN)
+        self._tables(output_vocab)
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    def _tables(self, output_vocab: Sequence[int] | None) -> None:
+        n = self.model.get_output_embeddings().weight.shape[0]
+        vocab = len(self.tokenizer)
+        texts = self.tokenizer.batch_decode([[i] for i in range(vocab)])
+        word_start = torch.zeros(n, dtype=torch.bool)
+        banned = torch.zeros(n, dtype=torch.bool)
+        special = set(self.tokenizer.all_special_ids) | set(
+            self.tokenizer.convert_tokens_to_ids(self.meta.command_tokens)
+        )
+        for i, text in enumerate(texts):
+            if i in special:
+                banned[i] = i != self.end_id
+            elif not text.strip() or any(c.isspace() for c in text.strip()) or "\n" in text:
+                banned[i] = True  # whitespace runs and newlines: prompts are one line
+            else:
+                word_start[i] = text[0].isspace()
+        banned[vocab:] = True  # padding rows of the embedding
+        if output_vocab is not None:
+            allowed = torch.zeros(n, dtype=torch.bool)
+            allowed[torch.tensor(list(output_vocab), dtype=torch.long)] = True
+            allowed[self.end_id] = True
+            banned |= ~allowed
+        self.banned, self.word_start = banned, word_start
+
+    def encode_input(self, query: str, command: Command) -> list[int]:
+        """Token ids of ``<command><query><|prompt|>``, the model's input."""
+        ids = self.tokenizer.convert_tokens_to_ids(command.tokens())
+        return ids + self.tokenizer.encode(" " + query) + [self.prompt_id]
+
+    def rewrite(self, query: str, task: str, length: int, relevance: int = 4, n: int = 1,
+                **kw) -> list[Rewrite]:
+        """Generate ``n`` prompts for one query; see :meth:`rewrite_batch` for options."""
+        return self.rewrite_batch([(query, Command(task, length, relevance))], n=n, **kw)[0]
+
+    def rewrite_batch(
+        self,
+        items: Sequence[tuple[str, Command]],
+        n: int = 1,
+        strict_length: bool = False,
+        decoding: str = "sample",
+        temperature: float = 0.8,
+        top_p: float = 0.95,
+        num_beams: int = 4,
+        seed: int | None = None,
+        progress: bool = False,
+    ) -> list[list[Rewrite]]:
+        """Generate ``n`` prompts per (query, command), batched.
+
+        Args:
+            items: (query, command) pairs.
+            n: prompts per item (for beam search, the n best beams).
+            strict_length: forbid ending before the target length and end at it.
+            decoding: "sample", "greedy" or "beam".
+            temperature, top_p: sampling settings.
+            num_beams: beam width (>= n) for beam search.
+            seed: seed torch's generator for reproducible sampling.
+        Returns:
+            One list of ``n`` Rewrites per item, in input order.
+        """
+        if decoding not in DECODINGS:
+            raise ConfigError(f"unknown decoding {decoding!r}; allowed: {', '.join(DECODINGS)}")
+        if n < 1:
+            raise ConfigError(f"n {n} must be at least 1")
+        if decoding == "greedy" and n > 1:
+            raise ConfigError("greedy decoding gives one prompt per query; use n=1 or sampling")
+        clean_items = []
+        for query, command in items:
+            q = " ".join(str(query).split())
+            if not q:
+                raise ConfigError("query is empty; pass some search text")
+            clean_items.append((q, command))
+        if seed is not None:
+            torch.manual_seed(seed)
+        from tqdm import tqdm
+
+        out: list[list[Rewrite]] = []
+        starts = range(0, len(clean_items), self.batch_size)
+        for s in tqdm(starts, desc="rewriting", unit="batch", disable=not progress):
+            chunk = clean_items[s : s + self.batch_size]
+            out.extend(self._generate(chunk, n, strict_length, decoding, temperature, top_p,
+                                      max(num_beams, n)))
+        return out
+
+    @torch.inference_mode()
+    def _generate(self, chunk, n, strict, decoding, temperature, top_p, num_beams):
+        from transformers import LogitsProcessorList
+
+        encoded = [self.encode_input(q, c) for q, c in chunk]
+        width = max(len(e) for e in encoded)
+        limit = self.model.config.n_positions - width
+        if limit < 4:
+            raise ConfigError(
+                f"query is too long: {width} tokens leave no room in the model's "
+                f"{self.model.config.n_positions}-token window"
+            )
+        ids = torch.full((len(encoded), width), self.end_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(encoded):  # left padding: generation continues on the right
+            ids[i, width - len(e) :] = torch.tensor(e)
+            mask[i, width - len(e) :] = 1
+        targets = torch.tensor([c.length for _, c in chunk]) if strict else None
+        proc = _CommandLogits(width, self.banned, self.word_start, self.end_id, targets)
+        gen_kw = dict(
+            max_new_tokens=min(limit, 3 * LENGTH_MAX + 8), eos_token_id=self.end_id,
+            pad_token_id=self.end_id, logits_processor=LogitsProcessorList([proc]),
+            num_return_sequences=n,
+        )
+        if decoding == "sample":
+            gen_kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        elif decoding == "beam":
+            gen_kw.update(do_sample=False, num_beams=num_beams, early_stopping=True)
+        else:
+            gen_kw.update(do_sample=False)
+        seqs = self.model.generate(input_ids=ids, attention_mask=mask, **gen_kw)[:, width:]
+        results = []
+        for i, (_, command) in enumerate(chunk):
+            results.append([self._finish(seqs[i * n + j], command) for j in range(n)])
+        return results
+
+    def _finish(self, ids: torch.Tensor, command: Command) -> Rewrite:
+        ids = ids.tolist()
+        ended = self.end_id in ids
+        if ended:
+            ids = ids[: ids.index(self.end_id)]
+        raw = self.tokenizer.decode(ids, skip_special_tokens=False)
+        problems: list[str] = []
+        if any(t in raw for t in self.meta.command_tokens):
+            problems.append("leaked command token")
+            for t in self.meta.command_tokens:
+                raw = raw.replace(t, " ")
+        text = " ".join(raw.split())
+        if not ended:
+            problems.append("no end token within the token budget")
+        if not text:
+            problems.append("empty output")
+        if command.task == "image" and text:
+            while clip_token_count(text) > CLIP_CONTEXT and count_words(text) > 1:
+                text = text.rsplit(" ", 1)[0]
+                if "truncated to CLIP's 77-token window" not in problems:
+                    problems.append("truncated to CLIP's 77-token window")
+        fatal = [p for p in problems if not p.startswith("truncated")]
+        return Rewrite(text, count_words(text), command, not fatal, tuple(problems))
+
+
+def load_rewriter(path: str | Path, device: str = "cpu", batch_size: int = 32) -> Rewriter:
+    """Load a trained rewriter directory (see ``rewriters.model``)."""
+    model, tokenizer, meta, output_vocab = load_model_dir(path, device=device)
+    return Rewriter(model, tokenizer, meta, output_vocab, batch_size=batch_size)

@@ -1,0 +1,293 @@
+"""UDRL training of the GPT-2 rewriter.
+
+Every example is relabelled with the return it achieved (task, words, relevance bucket) and fed
+as command tokens; the loss covers prompt tokens only. With ``rounds > 0`` the upside-down RL
+loop runs: sample exploratory commands from the best part of the return distribution, generate,
+score what the samples actually achieved, relabel, add to the data and train on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .commands import END_TOKEN, LENGTH_MAX, LENGTH_MIN, Command
+from .data import Example, split_by_query, write_examples
+from .errors import ConfigError, DataError
+from .evaluate import evaluate_rewriter, held_out_commands, plot_length_errors
+from .explore import explore_round
+from .generate import Rewriter
+from .model import MODEL_PRESETS, SCRATCH, ModelConfig, RewriterMeta, build_model, save_model_dir
+from .rewards import Scorer, assign_buckets, bucket_edges, relabel
+from .tokenizer import BUILTIN_TOKENIZER, load_tokenizer
+
+__all__ = ["TrainConfig", "TrainResult", "train_rewriter", "encode_example"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train the rewriter; saved in the model directory and rebuilt on load."""
+
+    base_model: str = SCRATCH  # "scratch", a pretrained GPT-2 name, or a local directory
+    model: ModelConfig = field(default_factory=lambda: MODEL_PRESETS["small"])  # scratch only
+    steps: int = 1500  # optimiser steps before the first UDRL round; 10..100k
+    batch_size: int = 32  # examples per step; 4..512
+    lr: float = 2e-3  # peak AdamW learning rate (scratch ~1e-3..3e-3, pretrained ~5e-5..3e-4)
+    min_lr_ratio: float = 0.1  # cosine decay floor as a share of lr; 0..1
+    warmup_steps: int = 50  # linear warm-up steps; 0..steps
+    weight_decay: float = 0.01  # AdamW weight decay; 0..0.1
+    grad_clip: float = 1.0  # global gradient-norm clip; 0 disables
+    held_out: float = 0.1  # share of queries held out for evaluation; 0.02..0.5
+    restrict_vocab: bool | None = None  # softmax over tokens seen in prompts (None: scratch only)
+    rounds: int = 0  # UDRL rounds after the initial fit; 0..20
+    round_steps: int = 300  # optimiser steps per round on the grown data; 10..100k
+    explore_per_round: int = 512  # exploratory commands sampled per round; 16..100k
+    top_share: float = 0.25  # "best part" of the return distribution explored; 0.05..0.5
+    eval_commands: int = 200  # held-out commands measured after each round; 20..10k
+    seed: int = 0  # seeds data split, sampling and initialisation
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("steps and batch_size must be at least 1")
+        if not 0.0 < self.held_out < 1.0:
+            raise ConfigError(f"held_out {self.held_out} must be between 0 and 1")
+        if self.rounds < 0:
+            raise ConfigError(f"rounds {self.rounds} must be 0 or more")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        if isinstance(d.get("model"), dict):
+            d["model"] = ModelConfig(**d["model"])
+        elif isinstance(d.get("model"), str):
+            if d["model"] not in MODEL_PRESETS:
+                raise ConfigError(
+                    f"unknown model preset {d['model']!r}; allowed: {', '.join(MODEL_PRESETS)}")
+            d["model"] = MODEL_PRESETS[d["model"]]
+        return cls(**d)
+
+    @property
+    def use_restricted_vocab(self) -> bool:
+        return self.base_model == SCRATCH if self.restrict_vocab is None else self.restrict_vocab
+
+
+@dataclass
+class TrainResult:
+    """What training produced."""
+
+    model_dir: Path
+    version: str
+    metrics: dict[str, Any]
+
+
+def encode_example(rewriter: Rewriter, ex: Example) -> tuple[list[int], int]:
+    """Token ids of a training example and the index of its first prompt token."""
+    cmd = Command(ex.task, ex.words, ex.bucket if ex.bucket is not None else 0)
+    head = rewriter.encode_input(ex.query, cmd)
+    body = rewriter.tokenizer.encode(" " + ex.prompt) + [rewriter.end_id]
+    return head + body, len(head)
+
+
+def _usable(examples: list[Example]) -> tuple[list[Example], int]:
+    keep = [e for e in examples if LENGTH_MIN <= e.words <= LENGTH_MAX]
+    return keep, len(examples) - len(keep)
+
+
+class _Batches:
+    """Right-padded batches sampled uniformly with replacement from encoded examples."""
+
+    def __init__(self, encoded: list[tuple[list[int], int]], pad_id: int, seed: int):
+        self.encoded = encoded
+        self.pad_id = pad_id
+        self.rng = random.Random(seed)
+
+    def sample(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = [self.encoded[self.rng.randrange(len(self.encoded))] for _ in range(b)]
+        width = max(len(ids) for ids, _ in rows)
+        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((b, width), dtype=torch.long)
+        loss_mask = torch.zeros((b, width), dtype=torch.bool)  # position t predicts t+1
+        for i, (seq, start) in enumerate(rows):
+            ids[i, : len(seq)] = torch.tensor(seq)
+            mask[i, : len(seq)] = 1
+            loss_mask[i, start - 1 : len(seq) - 1] = True
+        return ids, mask, loss_mask
+
+
+def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def _fit(model, batches: _Batches, steps: int, cfg: TrainConfig, vocab_ids: torch.Tensor | None,
+         remap: torch.Tensor | None, desc: str, progress: bool) -> list[float]:
+    """Run ``steps`` optimiser steps; returns the loss per step."""
+    from tqdm import tqdm
+
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    head = model.get_output_embeddings()
+    losses: list[float] = []
+    bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress)
+    for step in bar:
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, steps, cfg)
+        ids, mask, loss_mask = batches.sample(cfg.batch_size)
+        hidden = model.transformer(input_ids=ids, attention_mask=mask).last_hidden_state  # (B,T,C)
+        h = hidden[loss_mask]  # (N, C): only positions that predict a prompt token
+        target = ids[:, 1:][loss_mask[:, :-1]]  # (N,)
+        if vocab_ids is not None:  # softmax over the prompt vocabulary only (K << V)
+            logits = h @ head.weight[vocab_ids].T  # (N, K)
+            target = remap[target]
+        else:
+            logits = head(h)  # (N, V)
+        loss = F.cross_entropy(logits.float(), target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+    model.eval()
+    return losses
+
+
+def _plot_losses(curve: list[float], bounds: list[int], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    y = np.asarray(curve)
+    ax.plot(y, alpha=0.3, label="per step")
+    w = max(1, len(y) // 50)
+    if len(y) >= w:
+        ax.plot(np.arange(w - 1, len(y)), np.convolve(y, np.ones(w) / w, mode="valid"),
+                label=f"moving mean ({w})")
+    for b in bounds:
+        ax.axvline(b, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("optimiser step (dashed: UDRL round starts)")
+    ax.set_ylabel("prompt-token cross-entropy")
+    ax.set_title("Rewriter training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def train_rewriter(
+    examples: list[Example], scorer: Scorer, out_dir: str | Path, cfg: TrainConfig,
+    tokenizer_source: str = BUILTIN_TOKENIZER, progress: bool = True,
+) -> TrainResult:
+    """Train (and, with ``cfg.rounds``, UDRL-improve) a rewriter and save its directory.
+
+    Args:
+        examples: distilled examples; missing relevance scores are computed with ``scorer``.
+        scorer: relevance scorer; its buckets' edges are computed on the training split.
+        out_dir: model directory to write.
+        cfg: training configuration.
+        tokenizer_source: "builtin" GPT-2 files, or the pretrained base's own tokenizer.
+    """
+    torch.manual_seed(cfg.seed)
+    examples, out_of_range = _usable(list(examples))
+    if out_of_range:
+        log.warning("%d examples have lengths outside %d-%d words and are not used",
+                    out_of_range, LENGTH_MIN, LENGTH_MAX)
+    if len(examples) < 10:
+        raise DataError(f"only {len(examples)} usable examples; distil more data first")
+    train, test = split_by_query(examples, cfg.held_out, cfg.seed)
+    if not train or not test:
+        raise DataError("too few distinct queries to hold some out; distil more queries")
+    train, _ = relabel(train, scorer, progress=progress)
+    edges = bucket_edges([e.relevance for e in train])
+    train = [e.model_copy(update={"bucket": int(b)})
+             for e, b in zip(train, assign_buckets([e.relevance for e in train], edges))]
+    test, _ = relabel(test, scorer, edges=edges, progress=progress)
+
+    src = tokenizer_source if cfg.base_model == SCRATCH else cfg.base_model
+    tokenizer = load_tokenizer(src if src != SCRATCH else BUILTIN_TOKENIZER)
+    model = build_model(cfg.base_model, tokenizer, cfg.model)
+    meta = RewriterMeta(version="unsaved", base_model=cfg.base_model,
+                        model_config=asdict(cfg.model) if cfg.base_model == SCRATCH
+                        else {"n_positions": model.config.n_positions},
+                        bucket_edges=edges, scorer=scorer.name, train_config=asdict(cfg))
+    rewriter = Rewriter(model, tokenizer, meta)
+    n_pos = model.config.n_positions
+    encoded, too_long = [], 0
+    for e in train:
+        seq = encode_example(rewriter, e)
+        if len(seq[0]) <= n_pos:
+            encoded.append(seq)
+        else:
+            too_long += 1
+    vocab_ids = remap = output_vocab = None
+    if cfg.use_restricted_vocab:
+        output_vocab = sorted({t for seq, s in encoded for t in seq[s:]} | {rewriter.end_id})
+        vocab_ids = torch.tensor(output_vocab)
+        remap = torch.full((len(tokenizer),), -100, dtype=torch.long)
+        remap[vocab_ids] = torch.arange(len(output_vocab))
+        rewriter._tables(output_vocab)
+    log.info("training on %d examples (%d too long), %d held-out", len(encoded), too_long, len(test))
+
+    eval_cmds = held_out_commands(test, cfg.eval_commands, cfg.seed)
+    curve, bounds, rounds = [], [], []
+    batches = _Batches(encoded, rewriter.end_id, cfg.seed)
+    t0 = time.perf_counter()
+    curve += _fit(model, batches, cfg.steps, cfg, vocab_ids, remap, "training", progress)
+    metrics, _ = evaluate_rewriter(rewriter, scorer, eval_cmds, decoding="greedy")
+    rounds.append({"round": 0, "examples": len(encoded), "seconds": time.perf_counter() - t0, **metrics})
+    _log_round(rounds[-1])
+    data = list(train)
+    for r in range(1, cfg.rounds + 1):
+        t0 = time.perf_counter()
+        new, stats = explore_round(rewriter, scorer, data, edges, cfg, r)
+        data += new
+        for e in new:
+            seq = encode_example(rewriter, e)
+            if len(seq[0]) <= n_pos and (remap is None or all(remap[t] >= 0 for t in seq[0][seq[1]:])):
+                encoded.append(seq)
+        bounds.append(len(curve))
+        curve += _fit(model, batches, cfg.round_steps, cfg, vocab_ids, remap, f"round {r}", progress)
+        metrics, _ = evaluate_rewriter(rewriter, scorer, eval_cmds, decoding="greedy")
+        rounds.append({"round": r, "examples": len(encoded), "seconds": time.perf_counter() - t0,
+                       **stats, **metrics})
+        _log_round(rounds[-1])
+
+    out = Path(out_dir)
+    meta = save_model_dir(out, model, tokenizer, meta, output_vocab)
+    write_examples(out / "heldout.jsonl", test)
+    if cfg.rounds:
+        write_examples(out / "udrl_explored.jsonl", data[len(train):])
+    _plot_losses(curve, bounds, out / "loss_curve.png")
+    report = {"version": meta.version, "train_examples": len(encoded), "too_long": too_long,
+              "out_of_range": out_of_range, "heldout_examples": len(test),
+              "bucket_edges": edges, "final_loss": float(np.mean(curve[-20:])),
+              "rounds": rounds, "loss_curve": [round(x, 4) for x in curve]}
+    import json
+
+    (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
+    return TrainResult(out, meta.version, report)
+
+
+def _log_round(r: dict[str, Any]) -> None:
+    log.info("round %d: length MSE %.2f, within±2 %.1f%%, relevance by bucket %s",
+             r["round"], r["length_mse"], 100 * r["within_2"], r["relevance_by_bucket"])
