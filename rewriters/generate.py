@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 DECODINGS = ("sample", "greedy", "beam")
 CLIP_CONTEXT = 77  # CLIP's text window, start and end tokens included
-_MAX_TAIL_PIECES = 6  # sub-word pieces allowed after the last word before <|end|> is forced
+_MAX_TAIL_PIECES = 6  # sub-word pieces one word may take before it is closed
 
 
 @lru_cache(maxsize=1)
@@ -94,7 +94,10 @@ class _CommandLogits:
         at = words >= targets
         ws = self.word_start[:v]
         scores[at.unsqueeze(1) & ws.unsqueeze(0)] = neg
-        force = at & (since_start >= _MAX_TAIL_PIECES)
+        long_tail = since_start >= _MAX_TAIL_PIECES  # a word has grown absurdly long
+        if (short & long_tail).any():  # start the next word
+            scores[(short & long_tail).unsqueeze(1) & ~ws.unsqueeze(0)] = neg
+        force = at & long_tail
         if force.any():
             keep = scores[force, self.end_id].clone()
             scores[force] = neg

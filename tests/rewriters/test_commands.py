@@ -1,0 +1,41 @@
+import pytest
+
+from rewriters.commands import (
+    END_TOKEN, LENGTH_MAX, LENGTH_MIN, PROMPT_TOKEN, Command, command_tokens, count_words,
+)
+from rewriters.errors import ConfigError
+
+
+def test_command_serialises_as_three_tokens():
+    c = Command("image", 12, 4)
+    assert c.tokens() == ["<|task=image|>", "<|len=12|>", "<|rel=4|>"]
+    assert c.prefix() == "<|task=image|><|len=12|><|rel=4|>"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("video", 12, 4), "unknown task 'video'; allowed: image, template"),
+        (("image", 80, 4), "length 80 is out of range 3-40"),
+        (("image", 2, 4), "length 2 is out of range 3-40"),
+        (("image", 12, 5), "relevance 5 is out of range 0-4"),
+        (("image", 12.5, 4), "must be a whole number"),
+    ],
+)
+def test_bad_commands_name_the_value_and_range(args, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        Command(*args)
+
+
+def test_every_command_token_is_one_special_token(tokenizer):
+    toks = command_tokens()
+    assert len(toks) == len(set(toks)) == 2 + (LENGTH_MAX - LENGTH_MIN + 1) + 5 + 2
+    assert toks[-2:] == [PROMPT_TOKEN, END_TOKEN]
+    for t in toks:
+        ids = tokenizer.encode(t)
+        assert len(ids) == 1 and tokenizer.convert_ids_to_tokens(ids) == [t]
+
+
+def test_count_words_splits_on_whitespace():
+    assert count_words("  a cozy   cabin,\tsnow ") == 4
+    assert count_words("") == 0

@@ -1,0 +1,80 @@
+import pytest
+
+from rewriters.commands import Command
+from rewriters.errors import ConfigError, ModelError
+from rewriters.generate import CLIP_CONTEXT, clip_token_count, load_rewriter
+
+
+@pytest.mark.parametrize("decoding", ["greedy", "sample", "beam"])
+def test_strict_length_hits_every_target(tiny_rewriter, decoding):
+    # A random-weight model has no idea of length: only the constraint can make this exact.
+    # (Template prompts: image prompts may additionally be cut to CLIP's window, tested below.)
+    items = [("cozy cabin", Command("template", n, 4)) for n in (3, 7, 12, 25, 40)]
+    n = 1 if decoding == "greedy" else 2
+    outs = tiny_rewriter.rewrite_batch(items, n=n, strict_length=True, decoding=decoding, seed=0)
+    for (_, cmd), group in zip(items, outs):
+        assert len(group) == n
+        for r in group:
+            assert r.valid, r.problems
+            assert r.words == cmd.length == len(r.prompt.split())
+
+
+def test_no_command_tokens_or_newlines_leak(tiny_rewriter):
+    outs = tiny_rewriter.rewrite("holiday sale", "template", 20, 1, n=4, decoding="sample", seed=1)
+    for r in outs:
+        assert "<|" not in r.prompt and "\n" not in r.prompt
+        if r.valid:
+            assert r.prompt.strip() == r.prompt and r.words >= 1
+
+
+def test_batch_and_single_greedy_agree_despite_left_padding(tiny_rewriter):
+    items = [("a", Command("image", 6, 4)),
+             ("a much longer query about a snowy mountain cabin", Command("template", 9, 2))]
+    batch = tiny_rewriter.rewrite_batch(items, decoding="greedy", strict_length=True)
+    for item, got in zip(items, batch):
+        single = tiny_rewriter.rewrite_batch([item], decoding="greedy", strict_length=True)
+        assert single[0][0].prompt == got[0].prompt
+
+
+def test_output_vocabulary_restriction_is_obeyed(tiny_model_dir, tokenizer):
+    from rewriters.generate import Rewriter
+    from rewriters.model import load_model_dir
+
+    model, tok, meta, _ = load_model_dir(tiny_model_dir)
+    allowed = tok.encode(" red blue green cabin, snow")
+    rw = Rewriter(model, tok, meta, output_vocab=allowed)
+    for r in rw.rewrite("x", "image", 10, n=4, strict_length=True, seed=2):
+        assert set(r.prompt.replace(",", " ,").split()) <= {"red", "blue", "green", "cabin", ",", "snow"}
+
+
+def test_bad_requests_raise_config_errors(tiny_rewriter):
+    with pytest.raises(ConfigError, match="query is empty"):
+        tiny_rewriter.rewrite("   ", "image", 10)
+    with pytest.raises(ConfigError, match="unknown decoding 'topk'"):
+        tiny_rewriter.rewrite("cabin", "image", 10, decoding="topk")
+    with pytest.raises(ConfigError, match="unknown task"):
+        tiny_rewriter.rewrite("cabin", "video", 10)
+    with pytest.raises(ConfigError, match="too long"):
+        tiny_rewriter.rewrite("word " * 200, "image", 10)
+
+
+def test_missing_or_incomplete_model_dir(tmp_path, tiny_model_copy):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_rewriter(tmp_path / "nope")
+    (tiny_model_copy / "udrl.json").unlink()
+    with pytest.raises(ModelError, match="udrl.json is missing"):
+        load_rewriter(tiny_model_copy)
+
+
+def test_clip_window_is_measured_with_clips_own_tokenizer():
+    assert clip_token_count("a cozy cabin") == 5  # <start> a cozy cabin <end>
+    assert clip_token_count("word " * 100) > CLIP_CONTEXT
+
+
+def test_image_prompts_are_cut_to_clip_window(tiny_rewriter):
+    # Force a 40-word image prompt whose pieces are long: the output must fit CLIP's window.
+    outs = tiny_rewriter.rewrite("x", "image", 40, n=4, strict_length=True, seed=5)
+    for r in outs:
+        assert r.valid and clip_token_count(r.prompt) <= CLIP_CONTEXT
+    # random weights emit rare multi-piece tokens, so at least one needed cutting
+    assert any("truncated to CLIP's 77-token window" in r.problems for r in outs)

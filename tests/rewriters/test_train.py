@@ -1,0 +1,76 @@
+import json
+
+import pytest
+
+from rewriters.data import read_examples
+from rewriters.errors import ConfigError, DataError
+from rewriters.generate import load_rewriter
+from rewriters.model import MODEL_PRESETS
+from rewriters.rewards import LexicalScorer
+from rewriters.train import TrainConfig, train_rewriter
+from tests.conftest import make_examples
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    cfg = TrainConfig(model=MODEL_PRESETS["tiny"], steps=40, batch_size=8, eval_commands=20,
+                      rounds=1, round_steps=10, explore_per_round=24, warmup_steps=5)
+    out = tmp_path_factory.mktemp("trained")
+    result = train_rewriter(make_examples(80), LexicalScorer(), out, cfg, progress=False)
+    return result, cfg
+
+
+def test_model_directory_is_self_contained(trained):
+    result, cfg = trained
+    d = result.model_dir
+    for name in ("model.safetensors", "config.json", "udrl.json", "tokenizer_config.json",
+                 "output_vocab.json", "heldout.jsonl", "metrics.json", "loss_curve.png",
+                 "udrl_explored.jsonl"):
+        assert (d / name).is_file(), name
+    meta = json.loads((d / "udrl.json").read_text())
+    assert meta["version"] == result.version and len(meta["bucket_edges"]) == 4
+    assert TrainConfig.from_dict(meta["train_config"]) == cfg  # rebuilt exactly from disk
+    assert (d / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_loss_falls_and_rounds_are_reported(trained):
+    result, _ = trained
+    m = result.metrics
+    curve = m["loss_curve"]
+    assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5
+    assert [r["round"] for r in m["rounds"]] == [0, 1]
+    r1 = m["rounds"][1]
+    for key in ("explored", "added", "length_mse", "within_2", "relevance_by_bucket"):
+        assert key in r1
+    assert r1["explored"] == 24
+
+
+def test_explored_examples_are_relabelled_with_what_they_achieved(trained):
+    result, _ = trained
+    explored = read_examples(result.model_dir / "udrl_explored.jsonl")
+    assert not explored.rejects
+    for e in explored.examples:
+        assert e.teacher == "udrl:round-1"
+        assert e.words == len(e.prompt.split())  # achieved length, not the commanded one
+        assert e.bucket is not None and e.relevance is not None
+
+
+def test_trained_model_loads_and_obeys_strict_length(trained):
+    rw = load_rewriter(trained[0].model_dir)
+    outs = rw.rewrite("red cabin item1", "image", 9, 4, n=3, strict_length=True, seed=0)
+    assert [o.words for o in outs] == [9, 9, 9]
+
+
+def test_heldout_queries_are_unseen(trained):
+    result, _ = trained
+    held = {e.query for e in read_examples(result.model_dir / "heldout.jsonl").examples}
+    assert held and len(held) == 8  # 10% of 80 queries
+
+
+def test_too_little_data_and_bad_config():
+    with pytest.raises(DataError, match="usable examples"):
+        train_rewriter(make_examples(2), LexicalScorer(), "/tmp/unused", TrainConfig())
+    with pytest.raises(ConfigError, match="held_out"):
+        TrainConfig(held_out=1.5)
+    with pytest.raises(ConfigError, match="unknown model preset"):
+        TrainConfig.from_dict({"model": "huge"})
