@@ -38,7 +38,8 @@ def make_scorer(settings: Settings) -> Scorer:
 
 def make_teacher(settings: Settings):
     """The teacher the settings name (builtin offline composer or an OpenAI-compatible LLM)."""
-    from rewriters.teachers import BuiltinTeacher, OpenAITeacher
+    from rewriters.builtin_teacher import BuiltinTeacher
+    from rewriters.teachers import OpenAITeacher
 
     t = settings.teacher
     if t.kind == "builtin":

@@ -13,7 +13,7 @@ _EXPORTS = {
     "UdrlError": "errors", "ConfigError": "errors", "DataError": "errors",
     "ModelError": "errors", "TeacherError": "errors",
     "Scorer": "rewards", "load_scorer": "rewards", "relabel": "rewards",
-    "Teacher": "teachers", "BuiltinTeacher": "teachers", "OpenAITeacher": "teachers",
+    "Teacher": "teachers", "BuiltinTeacher": "builtin_teacher", "OpenAITeacher": "teachers",
     "run_distill": "distill", "DistillConfig": "distill",
     "TrainConfig": "train", "train_rewriter": "train",
     "Rewriter": "generate", "Rewrite": "generate", "load_rewriter": "generate",
