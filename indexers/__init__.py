@@ -1,3 +1,34 @@
-"""Indexers: CLIP + FAISS image index and template indexes (tantivy, Elasticsearch)."""
+"""Indexers: CLIP + FAISS image index and template indexes (tantivy, Elasticsearch).
 
-__all__ = ["errors", "store"]
+Public modules (import the one you need; importing the package itself loads none of them, so
+``import indexers`` stays cheap and never pulls in torch, faiss or a search client)::
+
+    errors             UdrlError hierarchy of the package
+    store              IndexStore: versioned directories with an atomic CURRENT pointer
+    catalog_images     image catalogues (folder or JSONL manifest) -> ImageRecord + rejects
+    encoders           ClipEncoder (open_clip), the tiny test CLIP
+    images             ImageIndex over FAISS, ImageIndexConfig, load_image_index
+    image_build        build_image_index (resumable, sharded), merge_image_shards
+    catalog_templates  template catalogues (JSONL / CSV) -> TemplateRecord + rejects
+    templates          TemplateIndex interface, build/open_template_index by backend name
+    tantivy_index      the embedded template backend
+    es_schema          EsSettings, connect, Elasticsearch mapping and search body
+    es_index           the Elasticsearch template backend (alias swap)
+    reindex            the batch jobs the CLI runs: reindex_images, merge_images,
+                       reindex_templates, each driven by one config object
+"""
+
+__all__ = [
+    "catalog_images",
+    "catalog_templates",
+    "encoders",
+    "errors",
+    "es_index",
+    "es_schema",
+    "image_build",
+    "images",
+    "reindex",
+    "store",
+    "tantivy_index",
+    "templates",
+]

@@ -5,15 +5,23 @@ Hierarchy (shared root with ``rewriters.errors``)::
     UdrlError
     ├── ConfigError            bad option (unknown index type, k < 1)
     ├── DataError              unreadable catalogue, bad records
+    ├── ModelError             an encoder's weights or checkpoint cannot be loaded
     └── IndexStoreError        an index on disk or in Elasticsearch is missing or unusable
         └── EncoderMismatchError   the index was built by another encoder than the one given
 """
 
 from __future__ import annotations
 
-from rewriters.errors import ConfigError, DataError, UdrlError
+from rewriters.errors import ConfigError, DataError, ModelError, UdrlError
 
-__all__ = ["UdrlError", "ConfigError", "DataError", "IndexStoreError", "EncoderMismatchError"]
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "EncoderMismatchError",
+    "IndexStoreError",
+    "ModelError",
+    "UdrlError",
+]
 
 
 class IndexStoreError(UdrlError):

@@ -37,10 +37,15 @@ class IndexStore:
     def new_version(self) -> Path:
         """Create and return an empty directory for a new build."""
         self.versions.mkdir(parents=True, exist_ok=True)
-        name = f"v-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{uuid.uuid4().hex[:6]}"
-        path = self.versions / name
-        path.mkdir()
-        return path
+        while True:  # names sort by creation time (microseconds), the hex breaks ties
+            now = time.time()
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+            name = f"v-{stamp}{int(now % 1 * 1e6):06d}-{uuid.uuid4().hex[:6]}"
+            path = self.versions / name
+            if not path.exists() and all(name > p.name for p in self.versions.iterdir()):
+                path.mkdir()
+                return path
+            time.sleep(0.001)
 
     def incomplete_versions(self) -> list[Path]:
         """Builds that were started but never marked complete (newest last), for resuming."""

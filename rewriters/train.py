@@ -52,6 +52,7 @@ class TrainConfig:
     restrict_vocab: bool | None = None  # softmax over tokens seen in prompts (None: scratch only)
     rounds: int = 0  # UDRL rounds after the initial fit; 0..20
     round_steps: int = 300  # optimiser steps per round on the grown data; 10..100k
+    round_lr_ratio: float = 0.3  # rounds fine-tune at this share of lr; 0.05..1
     explore_per_round: int = 512  # exploratory commands sampled per round; 16..100k
     top_share: float = 0.25  # "best part" of the return distribution explored; 0.05..0.5
     eval_commands: int = 200  # held-out commands measured after each round; 20..10k
@@ -105,15 +106,26 @@ def _usable(examples: list[Example]) -> tuple[list[Example], int]:
 
 
 class _Batches:
-    """Right-padded batches sampled uniformly with replacement from encoded examples."""
+    """Right-padded batches; each pool of 50 batches is grouped by length to cut padding."""
+
+    POOL = 50  # batches drawn at once and grouped by length
 
     def __init__(self, encoded: list[tuple[list[int], int]], pad_id: int, seed: int):
-        self.encoded = encoded
+        self.encoded = encoded  # grows in place when UDRL rounds add examples
         self.pad_id = pad_id
         self.rng = random.Random(seed)
+        self._ready: list[list[tuple[list[int], int]]] = []
+
+    def _refill(self, b: int) -> None:
+        pool = [self.encoded[self.rng.randrange(len(self.encoded))] for _ in range(b * self.POOL)]
+        pool.sort(key=lambda r: len(r[0]))
+        self._ready = [pool[i : i + b] for i in range(0, len(pool), b)]
+        self.rng.shuffle(self._ready)
 
     def sample(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows = [self.encoded[self.rng.randrange(len(self.encoded))] for _ in range(b)]
+        if not self._ready or len(self._ready[-1]) != b:
+            self._refill(b)
+        rows = self._ready.pop()
         width = max(len(ids) for ids, _ in rows)
         ids = torch.full((b, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((b, width), dtype=torch.long)
@@ -125,15 +137,17 @@ class _Batches:
         return ids, mask, loss_mask
 
 
-def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+def _lr_at(step: int, total: int, cfg: TrainConfig, peak: float) -> float:
+    warmup = min(cfg.warmup_steps, total // 5)
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return peak * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def _fit(model, batches: _Batches, steps: int, cfg: TrainConfig, vocab_ids: torch.Tensor | None,
-         remap: torch.Tensor | None, desc: str, progress: bool) -> list[float]:
+def _fit(model, batches: _Batches, steps: int, cfg: TrainConfig, lr: float,
+         vocab_ids: torch.Tensor | None, remap: torch.Tensor | None, desc: str,
+         progress: bool) -> list[float]:
     """Run ``steps`` optimiser steps; returns the loss per step."""
     from tqdm import tqdm
 
@@ -147,7 +161,7 @@ def _fit(model, batches: _Batches, steps: int, cfg: TrainConfig, vocab_ids: torc
     bar = tqdm(range(steps), desc=desc, unit="step", disable=not progress)
     for step in bar:
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, steps, cfg)
+            g["lr"] = _lr_at(step, steps, cfg, lr)
         ids, mask, loss_mask = batches.sample(cfg.batch_size)
         hidden = model.transformer(input_ids=ids, attention_mask=mask).last_hidden_state  # (B,T,C)
         h = hidden[loss_mask]  # (N, C): only positions that predict a prompt token
@@ -252,7 +266,7 @@ def train_rewriter(
     curve, bounds, rounds = [], [], []
     batches = _Batches(encoded, rewriter.end_id, cfg.seed)
     t0 = time.perf_counter()
-    curve += _fit(model, batches, cfg.steps, cfg, vocab_ids, remap, "training", progress)
+    curve += _fit(model, batches, cfg.steps, cfg, cfg.lr, vocab_ids, remap, "training", progress)
     metrics, _ = evaluate_rewriter(rewriter, scorer, eval_cmds, decoding="greedy")
     rounds.append({"round": 0, "examples": len(encoded), "seconds": time.perf_counter() - t0, **metrics})
     _log_round(rounds[-1])
@@ -266,7 +280,8 @@ def train_rewriter(
             if len(seq[0]) <= n_pos and (remap is None or all(remap[t] >= 0 for t in seq[0][seq[1]:])):
                 encoded.append(seq)
         bounds.append(len(curve))
-        curve += _fit(model, batches, cfg.round_steps, cfg, vocab_ids, remap, f"round {r}", progress)
+        curve += _fit(model, batches, cfg.round_steps, cfg, cfg.lr * cfg.round_lr_ratio,
+                      vocab_ids, remap, f"round {r}", progress)
         metrics, _ = evaluate_rewriter(rewriter, scorer, eval_cmds, decoding="greedy")
         rounds.append({"round": r, "examples": len(encoded), "seconds": time.perf_counter() - t0,
                        **stats, **metrics})

@@ -1,0 +1,304 @@
+"""The embedded template index: tantivy BM25 in a versioned ``IndexStore`` directory.
+
+Each build writes a complete tantivy index into a fresh version directory, then records
+``index_meta.json``, marks the version complete and publishes it with an atomic pointer swap
+(``indexers.store``). A crash or exception at any point before the swap leaves the previous
+version serving unchanged.
+
+Schema (one document per template)::
+
+    id            raw, stored        exact lookup and deletes
+    title         en_stem, stored    \\
+    description   en_stem, stored     | BM25 with per-field boosts (TemplateIndexConfig)
+    tags          en_stem, stored     |   one value per tag
+    category      en_stem, stored    /
+    category_raw  raw, casefolded    exact ``category`` filter
+    tag_raw       raw, casefolded    exact ``tags`` filter, one value per tag
+    thumbnail     stored only
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import tantivy
+
+from .catalog_templates import TemplateRecord, records_checksum
+from .errors import ConfigError, DataError, IndexStoreError
+from .store import IndexStore
+from .templates import (
+    BuildReport,
+    TemplateHit,
+    TemplateIndex,
+    TemplateIndexConfig,
+    check_query,
+    normalize_filters,
+)
+
+__all__ = [
+    "META_FILE",
+    "TantivyTemplateIndex",
+    "build_tantivy_index",
+    "open_tantivy_index",
+    "query_terms",
+]
+
+log = logging.getLogger(__name__)
+
+META_FILE = "index_meta.json"
+SCHEMA_VERSION = 1
+TEXT_FIELDS = ("title", "description", "tags", "category")
+_WRITER_HEAP = 64_000_000  # bytes; one writer thread (the machines are small and shared)
+_WORD = re.compile(r"[^\W_]+")  # letters/digits runs: what en_stem would split out anyway
+
+
+def _schema() -> tantivy.Schema:
+    sb = tantivy.SchemaBuilder()
+    sb.add_text_field("id", stored=True, tokenizer_name="raw")
+    for name in TEXT_FIELDS:
+        sb.add_text_field(name, stored=True, tokenizer_name="en_stem")
+    sb.add_text_field("category_raw", stored=False, tokenizer_name="raw")
+    sb.add_text_field("tag_raw", stored=False, tokenizer_name="raw")
+    sb.add_text_field("thumbnail", stored=True, tokenizer_name="raw", index_option="basic")
+    return sb.build()
+
+
+def query_terms(query: str) -> list[str]:
+    """Free text to plain lowercase words, dropping every tantivy query-syntax character.
+
+    Lowercasing also keeps words such as AND/OR/NOT/IN from being read as operators.
+    """
+    return _WORD.findall(query.casefold())
+
+
+def _document(rec: TemplateRecord) -> tantivy.Document:
+    doc = tantivy.Document()
+    doc.add_text("id", rec.id)
+    doc.add_text("title", rec.title)
+    doc.add_text("description", rec.description)
+    doc.add_text("category", rec.category)
+    if rec.category:
+        doc.add_text("category_raw", rec.category.casefold())
+    for tag in rec.tags:
+        doc.add_text("tags", tag)
+        doc.add_text("tag_raw", tag.casefold())
+    if rec.thumbnail:
+        doc.add_text("thumbnail", rec.thumbnail)
+    return doc
+
+
+def build_tantivy_index(
+    records: Sequence[TemplateRecord],
+    root: str | os.PathLike[str],
+    config: TemplateIndexConfig | None = None,
+    keep_versions: int | None = 3,
+) -> BuildReport:
+    """Build a new index version under ``root`` and publish it atomically.
+
+    Args:
+        records: validated templates (ids must be unique; ``read_templates`` ensures it).
+        root: the IndexStore directory; created if missing.
+        config: field boosts to save with the build (defaults: TemplateIndexConfig()).
+        keep_versions: after publishing, delete older versions beyond this many (the live
+            one is always kept); None keeps everything.
+
+    Returns:
+        BuildReport with the new version name and doc count.
+
+    Raises:
+        IndexStoreError: the build could not be written; the previous version stays live.
+    """
+    config = config or TemplateIndexConfig()
+    if keep_versions is not None and keep_versions < 1:
+        raise ConfigError(f"keep_versions={keep_versions} is out of range; use >= 1 or None")
+    ids = [r.id for r in records]
+    if len(set(ids)) != len(ids):
+        raise DataError("records contain duplicate ids; load them with read_templates")
+    store = IndexStore(root)
+    stale = store.incomplete_versions()
+    if stale:
+        log.warning(
+            "ignoring %d unfinished build(s) under %s: %s",
+            len(stale),
+            root,
+            [p.name for p in stale],
+        )
+    previous = store.current()
+    start = time.perf_counter()
+    version = store.new_version()
+    writer = None
+    try:
+        index = tantivy.Index(_schema(), path=str(version), reuse=False)
+        writer = index.writer(heap_size=_WRITER_HEAP, num_threads=1)
+        for rec in records:
+            writer.add_document(_document(rec))
+        writer.commit()
+        done, writer = writer, None
+        done.wait_merging_threads()
+        meta = {
+            "backend": "tantivy",
+            "schema_version": SCHEMA_VERSION,
+            "doc_count": len(records),
+            "checksum": records_checksum(records),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": asdict(config),
+            "field_boosts": config.field_boosts(),
+        }
+        (version / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        store.mark_complete(version)
+        store.publish(version)
+    except BaseException as e:
+        # Never leave a half build behind, and never touch what is live. The writer's threads
+        # must stop first or they keep writing temp files into the directory being removed.
+        if writer is not None:
+            writer.rollback()
+            writer.wait_merging_threads()
+        shutil.rmtree(version, ignore_errors=True)
+        if isinstance(e, (ValueError, OSError)) and not isinstance(e, IndexStoreError):
+            raise IndexStoreError(f"building a tantivy index under {root} failed: {e}") from e
+        raise
+    if keep_versions is not None:
+        store.prune(keep=keep_versions)
+    return BuildReport(
+        backend="tantivy",
+        version=version.name,
+        doc_count=len(records),
+        checksum=meta["checksum"],
+        seconds=time.perf_counter() - start,
+        previous_version=previous.name if previous else None,
+    )
+
+
+class TantivyTemplateIndex(TemplateIndex):
+    """Read-only searcher over one published tantivy version (immutable once opened)."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], config: TemplateIndexConfig):
+        self.path = path
+        self.meta = meta
+        self.config = config
+        self._boosts = config.field_boosts()
+        self._index = tantivy.Index.open(str(path))
+        self._schema = self._index.schema
+        self._searcher = self._index.searcher()
+
+    @property
+    def version(self) -> str:
+        return self.path.name
+
+    def _searcher_or_raise(self) -> tantivy.Searcher:
+        if self._searcher is None:
+            raise IndexStoreError(f"template index {self.path} is closed; open it again")
+        return self._searcher
+
+    def _query(self, query: str, k: int, filters: dict | None) -> tantivy.Query | None:
+        check_query(query, k)
+        category, tags = normalize_filters(filters)
+        terms = query_terms(query)
+        if not terms:
+            return None  # only punctuation: nothing can match
+        text_q = self._index.parse_query(
+            " ".join(terms), list(TEXT_FIELDS), field_boosts=self._boosts
+        )
+        clauses = [(tantivy.Occur.Must, text_q)]
+        if category is not None:
+            clauses.append(
+                (
+                    tantivy.Occur.Must,
+                    tantivy.Query.term_query(self._schema, "category_raw", category),
+                )
+            )
+        for tag in tags:
+            clauses.append(
+                (tantivy.Occur.Must, tantivy.Query.term_query(self._schema, "tag_raw", tag))
+            )
+        return text_q if len(clauses) == 1 else tantivy.Query.boolean_query(clauses)
+
+    def _run(
+        self, searcher: tantivy.Searcher, q: tantivy.Query | None, k: int
+    ) -> list[TemplateHit]:
+        if q is None:
+            return []
+        hits = []
+        for score, addr in searcher.search(q, limit=k, count=False).hits:
+            d = searcher.doc(addr).to_dict()
+            hits.append(
+                TemplateHit(
+                    id=d["id"][0],
+                    score=float(score),
+                    title=d["title"][0],
+                    category=(d.get("category") or [""])[0],
+                    tags=tuple(d.get("tags", ())),
+                    fields={
+                        "description": (d.get("description") or [""])[0],
+                        "thumbnail": (d.get("thumbnail") or [None])[0],
+                    },
+                )
+            )
+        return hits
+
+    def search(self, query: str, k: int = 10, filters: dict | None = None) -> list[TemplateHit]:
+        searcher = self._searcher_or_raise()
+        return self._run(searcher, self._query(query, k, filters), k)
+
+    def search_batch(
+        self, queries: Sequence[str], k: int = 10, filters: dict | None = None
+    ) -> list[list[TemplateHit]]:
+        # Validate everything first so a bad query fails the batch before any work is done.
+        # (tantivy's Python search holds the GIL, so threads would not speed this up.)
+        searcher = self._searcher_or_raise()
+        parsed = [self._query(q, k, filters) for q in queries]
+        return [self._run(searcher, q, k) for q in parsed]
+
+    def count(self) -> int:
+        return self._searcher_or_raise().num_docs
+
+    def close(self) -> None:
+        self._searcher = None
+        self._index = None
+
+
+def open_tantivy_index(
+    root: str | os.PathLike[str], config: TemplateIndexConfig | None = None
+) -> TantivyTemplateIndex:
+    """Open the live version under ``root``.
+
+    Args:
+        root: the IndexStore directory a build published to.
+        config: override the saved boosts (query-time only); None uses the build's config.
+
+    Raises:
+        IndexStoreError: nothing published yet, or the version is not a tantivy template index.
+    """
+    path = IndexStore(root).current()
+    if path is None:
+        raise IndexStoreError(
+            f"no template index has been published under {root}; build one first with "
+            f"build_template_index('tantivy', records, root={str(root)!r})"
+        )
+    meta_path = path / META_FILE
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise IndexStoreError(
+            f"{meta_path} is missing or unreadable ({e}); rebuild the template index"
+        ) from e
+    if meta.get("backend") != "tantivy" or meta.get("schema_version") != SCHEMA_VERSION:
+        raise IndexStoreError(
+            f"{path} holds backend={meta.get('backend')!r} schema_version="
+            f"{meta.get('schema_version')!r}, expected tantivy v{SCHEMA_VERSION}; rebuild it"
+        )
+    if config is None:
+        config = TemplateIndexConfig(**meta.get("config", {}))
+    try:
+        return TantivyTemplateIndex(path, meta, config)
+    except ValueError as e:
+        raise IndexStoreError(f"cannot open tantivy index at {path}: {e}; rebuild it") from e

@@ -1,0 +1,251 @@
+"""The template index: one interface, two backends (tantivy embedded, Elasticsearch).
+
+Generated template prompts are searched here. ``open_template_index`` and
+``build_template_index`` pick the backend by name::
+
+    build_template_index("tantivy", records, root="indexes/templates")
+    index = open_template_index("tantivy", root="indexes/templates")
+    index.search("summer sale poster", k=5, filters={"category": "poster", "tags": ["sale"]})
+
+Both backends score with BM25 over title, tags, category and description, boosted per field
+by ``TemplateIndexConfig``; the Elasticsearch one can add a dense-vector (kNN) clause when a
+``TextEncoder`` is configured. Filters are exact and case-insensitive: ``category`` must equal
+the given value, and every tag listed under ``tags`` must be present.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, Self, runtime_checkable
+
+import numpy as np
+
+from .errors import ConfigError
+
+__all__ = [
+    "BACKENDS",
+    "BuildFailure",
+    "BuildReport",
+    "TemplateHit",
+    "TemplateIndex",
+    "TemplateIndexConfig",
+    "TextEncoder",
+    "build_template_index",
+    "check_query",
+    "normalize_filters",
+    "open_template_index",
+]
+
+BACKENDS = ("tantivy", "elasticsearch")
+FILTER_KEYS = ("category", "tags")
+
+
+@dataclass(frozen=True)
+class TemplateIndexConfig:
+    """Query-time scoring settings, saved with each build and rebuilt from it on open."""
+
+    # Multiplier on the BM25 score of a match in the title; the title names the template, so
+    # it dominates. Sane range 1-10.
+    title_boost: float = 3.0
+    # Multiplier for a match in the tags (curated labels, more precise than prose). Range 1-5.
+    tags_boost: float = 2.0
+    # Multiplier for a match in the category label. Range 0.5-5.
+    category_boost: float = 1.5
+    # Multiplier for a match in the free-text description; the baseline. Range 0.1-2.
+    description_boost: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not (isinstance(value, (int, float)) and 0.0 < float(value) <= 100.0):
+                raise ConfigError(f"{name}={value!r} is out of range (0, 100]; use e.g. 1.0")
+
+    def field_boosts(self) -> dict[str, float]:
+        """Boost per searchable field name: title, tags, category, description."""
+        return {
+            "title": float(self.title_boost),
+            "tags": float(self.tags_boost),
+            "category": float(self.category_boost),
+            "description": float(self.description_boost),
+        }
+
+
+@dataclass(frozen=True)
+class TemplateHit:
+    """One search result, best first in a result list."""
+
+    id: str
+    score: float  # backend relevance score; comparable only within one result list
+    title: str
+    category: str
+    tags: tuple[str, ...]
+    fields: dict[str, Any] = field(default_factory=dict)  # description, thumbnail, ...
+
+
+@dataclass(frozen=True)
+class BuildFailure:
+    """A record the backend refused while loading, with why."""
+
+    id: str
+    reason: str
+    status: int | None = None  # HTTP status for Elasticsearch, None for tantivy
+
+
+@dataclass
+class BuildReport:
+    """What a build did: the version it published and every record it could not load."""
+
+    backend: str
+    version: str  # tantivy: version directory name; Elasticsearch: concrete index name
+    doc_count: int  # documents searchable in the new version
+    checksum: str  # records_checksum of the records that were given
+    seconds: float  # wall time of the build including publish
+    previous_version: str | None = None  # what was live before, None on a first build
+    failures: list[BuildFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every record given was loaded."""
+        return not self.failures
+
+
+@runtime_checkable
+class TextEncoder(Protocol):
+    """A text embedding model, as the Elasticsearch backend's hybrid search needs it."""
+
+    name: str  # identifies the model and weights; stored in the index and checked on open
+    dim: int  # embedding width
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Embed texts; returns float32 (len(texts), dim)."""
+        ...
+
+
+def check_query(query: str, k: int) -> None:
+    """Reject an empty query or k < 1 with ConfigError (shared by both backends)."""
+    if not isinstance(query, str) or not query.strip():
+        raise ConfigError(f"query {query!r} is empty; pass some words to search for")
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ConfigError(f"k={k!r} is out of range; pass an integer >= 1")
+
+
+def normalize_filters(filters: dict[str, Any] | None) -> tuple[str | None, tuple[str, ...]]:
+    """Validate filters and return (category or None, tags), casefolded and stripped.
+
+    Raises:
+        ConfigError: an unknown filter key, or a value of the wrong type.
+    """
+    if not filters:
+        return None, ()
+    unknown = sorted(set(filters) - set(FILTER_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown filter(s) {unknown}; allowed: {', '.join(FILTER_KEYS)}")
+    category = filters.get("category")
+    if category is not None:
+        if not isinstance(category, str) or not category.strip():
+            raise ConfigError(f"filter category={category!r} must be a non-empty string")
+        category = category.strip().casefold()
+    tags = filters.get("tags") or ()
+    if isinstance(tags, str):
+        tags = (tags,)
+    if not isinstance(tags, (list, tuple, set, frozenset)) or not all(
+        isinstance(t, str) and t.strip() for t in tags
+    ):
+        raise ConfigError(f"filter tags={tags!r} must be a string or a list of non-empty strings")
+    return category, tuple(sorted({t.strip().casefold() for t in tags}))
+
+
+class TemplateIndex(abc.ABC):
+    """A searchable, read-only view of one published template index version."""
+
+    @property
+    @abc.abstractmethod
+    def version(self) -> str:
+        """The version being served (directory name or concrete index name)."""
+
+    @abc.abstractmethod
+    def search(self, query: str, k: int = 10, filters: dict | None = None) -> list[TemplateHit]:
+        """Top-k templates for a free-text query, best first.
+
+        Args:
+            query: free text; query-syntax characters are treated as plain text.
+            k: how many hits at most (>= 1).
+            filters: ``{"category": str, "tags": [str, ...]}``, both optional.
+
+        Raises:
+            ConfigError: empty query, k < 1, or an unknown filter.
+        """
+
+    def search_batch(
+        self, queries: Sequence[str], k: int = 10, filters: dict | None = None
+    ) -> list[list[TemplateHit]]:
+        """``search`` for many queries; one result list per query, in order."""
+        return [self.search(q, k, filters) for q in queries]
+
+    @abc.abstractmethod
+    def count(self) -> int:
+        """Number of searchable templates."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release files or connections; the index must not be used afterwards."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _backend(backend: str) -> tuple[Callable[..., TemplateIndex], Callable[..., BuildReport]]:
+    # Imported lazily so that using one backend never imports the other's client library.
+    if backend == "tantivy":
+        from .tantivy_index import build_tantivy_index, open_tantivy_index
+
+        return open_tantivy_index, build_tantivy_index
+    if backend == "elasticsearch":
+        from .es_index import build_es_index, open_es_index
+
+        return open_es_index, build_es_index
+    raise ConfigError(f"unknown template index backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+
+
+def _call(fn: Callable[..., Any], backend: str, *args: Any, **opts: Any) -> Any:
+    params = inspect.signature(fn).parameters
+    unknown = sorted(set(opts) - set(params))
+    if unknown:
+        allowed = [p for p in params if p != "records"]
+        raise ConfigError(
+            f"unknown option(s) {unknown} for the {backend} backend; allowed: {', '.join(allowed)}"
+        )
+    return fn(*args, **opts)
+
+
+def open_template_index(backend: str, **opts: Any) -> TemplateIndex:
+    """Open the live version of a template index.
+
+    Args:
+        backend: ``"tantivy"`` (opts: ``root``, ``config``) or ``"elasticsearch"``
+            (opts: ``settings``, ``encoder``, ``client``, ``config``).
+
+    Raises:
+        ConfigError: unknown backend or option. IndexStoreError: nothing published yet.
+    """
+    open_fn, _ = _backend(backend)
+    return _call(open_fn, backend, **opts)
+
+
+def build_template_index(backend: str, records: Sequence[Any], **opts: Any) -> BuildReport:
+    """Build a new version from ``records`` (TemplateRecord) and publish it atomically.
+
+    Args:
+        backend: ``"tantivy"`` (opts: ``root``, ``config``, ``keep_versions``) or
+            ``"elasticsearch"`` (opts: ``settings``, ``config``, ``encoder``, ``client``).
+
+    Returns:
+        The BuildReport; per-record failures are listed in it, not raised.
+    """
+    _, build_fn = _backend(backend)
+    return _call(build_fn, backend, records, **opts)
