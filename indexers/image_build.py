@@ -24,6 +24,7 @@ import fcntl
 import json
 import logging
 import os
+import sys
 import time
 import zlib
 from collections.abc import Sequence
@@ -296,7 +297,7 @@ def build_image_index(
     )
     log.info(msg)
     if progress:
-        tqdm.write(msg)
+        tqdm.write(msg, file=sys.stderr)
     return BuildReport(
         version=version, count=len(index), encoded=encoded, resumed=resumed,
         rejected=rejects.count, skipped_other_shards=n_all - len(records), encode_seconds=secs,

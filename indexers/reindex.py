@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import shutil
 import time
 from collections.abc import Sequence
@@ -64,9 +65,10 @@ def _previous(store_root: str | os.PathLike[str]) -> str | None:
 
 
 def _note(progress: bool, msg: str) -> None:
-    log.info(msg)
-    if progress:
-        tqdm.write(msg)
+    if progress:  # progress goes to stderr with the bars; stdout stays for the report
+        tqdm.write(msg, file=sys.stderr)
+    else:
+        log.info(msg)
 
 
 @dataclass(frozen=True)

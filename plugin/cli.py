@@ -36,7 +36,8 @@ def _root(
 ) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "sentence_transformers", "matplotlib", "transformers", "urllib3"):
+    for noisy in ("httpx", "sentence_transformers", "matplotlib", "transformers", "urllib3",
+                  "faiss.loader", "elastic_transport"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     ctx.obj = load_settings(config, workspace=workspace)
 
@@ -192,6 +193,51 @@ def eval_rewriter(
         i = report["intent"]
         typer.echo(f"intent: held-out accuracy {i['accuracy']:.3f} on {i['count']} queries")
     typer.echo(f"report: {report['report']}  plot: {report['plot']}")
+
+
+index_app = typer.Typer(no_args_is_help=True, help="Build and re-index catalogues.")
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("images")
+def index_images(
+    ctx: typer.Context,
+    source: Path = typer.Argument(..., help="Image folder or JSONL manifest."),
+    shard: Optional[str] = typer.Option(None, help="Encode only shard i/n (merge later)."),
+    clip_model: Optional[str] = typer.Option(None, help="open_clip architecture."),
+    pretrained: Optional[str] = typer.Option(None, help="Tag, checkpoint path, or 'none'."),
+    index_type: Optional[str] = typer.Option(None, help="auto | flat | hnsw | ivf"),
+    rejects: Optional[Path] = typer.Option(None, help="Also write rejects here."),
+) -> None:
+    """Encode images with CLIP into a new FAISS index version and publish it atomically."""
+    from .jobs import index_images_job
+
+    s = _settings(ctx, **{"index.clip_model": clip_model, "index.clip_pretrained": pretrained,
+                          "index.image_index_type": index_type})
+    _print_json(index_images_job(s, source, shard=shard, rejects=rejects))
+
+
+@index_app.command("merge")
+def index_merge(ctx: typer.Context) -> None:
+    """Merge the image shards built with --shard into one published index."""
+    from .jobs import merge_images_job
+
+    _print_json(merge_images_job(_settings(ctx)))
+
+
+@index_app.command("templates")
+def index_templates(
+    ctx: typer.Context,
+    source: Path = typer.Argument(..., help="Template catalogue (.jsonl or .csv)."),
+    backend: Optional[str] = typer.Option(None, help="tantivy | elasticsearch"),
+    es_url: Optional[str] = typer.Option(None, help="Elasticsearch URL."),
+    rejects: Optional[Path] = typer.Option(None, help="Rejects file."),
+) -> None:
+    """Build a new template index version and switch to it atomically (alias swap on ES)."""
+    from .jobs import index_templates_job
+
+    s = _settings(ctx, **{"index.template_backend": backend, "index.es_url": es_url})
+    _print_json(index_templates_job(s, source, rejects=rejects))
 
 
 def _usage_errors() -> tuple[type[BaseException], ...]:

@@ -24,6 +24,7 @@ __all__ = [
     "TrainSettings",
     "IntentSettings",
     "GenerationSettings",
+    "IndexSettings",
     "load_settings",
     "with_overrides",
     "get_settings",
@@ -87,6 +88,24 @@ class GenerationSettings(BaseModel):
     template_length: int = Field(10, ge=3, le=40)  # default template prompt length (words)
 
 
+class IndexSettings(BaseModel):
+    """Image and template indexes."""
+
+    clip_model: str = "ViT-B-32"  # open_clip architecture ("udrl-tiny-clip" for tests)
+    # open_clip pretrained tag, a local checkpoint path, or "none" for random weights (offline)
+    clip_pretrained: str = "laion2b_s34b_b79k"
+    image_index_type: Literal["auto", "flat", "hnsw", "ivf"] = "auto"  # auto: flat < 50k
+    batch_size: int = Field(64, ge=1, le=1024)  # images per encoder pass
+    template_backend: Literal["tantivy", "elasticsearch"] = "tantivy"
+    es_url: str | None = None  # Elasticsearch URL for the elasticsearch backend
+    es_alias: str = "udrl-templates"  # alias searches use; versions live behind it
+    es_api_key: SecretStr | None = None
+
+    @property
+    def pretrained(self) -> str | None:
+        return None if self.clip_pretrained.lower() in ("none", "random", "") else self.clip_pretrained
+
+
 class Settings(BaseSettings):
     """Everything a udrl command needs to know about its environment."""
 
@@ -103,6 +122,7 @@ class Settings(BaseSettings):
     train: TrainSettings = TrainSettings()
     intent: IntentSettings = IntentSettings()
     generation: GenerationSettings = GenerationSettings()
+    index: IndexSettings = IndexSettings()
 
     @property
     def data_path(self) -> Path:
@@ -115,6 +135,14 @@ class Settings(BaseSettings):
     @property
     def intent_dir(self) -> Path:
         return self.workspace / "intent"
+
+    @property
+    def image_index_dir(self) -> Path:
+        return self.workspace / "indexes" / "images"
+
+    @property
+    def template_index_dir(self) -> Path:
+        return self.workspace / "indexes" / "templates"
 
     @property
     def reports_dir(self) -> Path:

@@ -26,6 +26,9 @@ __all__ = [
     "train_job",
     "train_intent_job",
     "eval_rewriter_job",
+    "index_images_job",
+    "merge_images_job",
+    "index_templates_job",
 ]
 
 log = logging.getLogger(__name__)
@@ -177,3 +180,36 @@ def _intent_report(settings: Settings) -> dict[str, Any] | None:
         log.warning("no intent model at %s; the report has no intent accuracy", settings.intent_dir)
         return None
     return evaluate_intent(load_intent_detector(settings.intent_dir), read_examples(held).examples)
+
+
+def index_images_job(settings: Settings, source: Path, shard: str | None = None,
+                     rejects: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Encode a catalogue into a new image-index version and publish it (or one shard)."""
+    from indexers.reindex import ImageReindexConfig, reindex_images
+
+    ix = settings.index
+    cfg = ImageReindexConfig(source=source, store_root=settings.image_index_dir,
+                             model_name=ix.clip_model, pretrained=ix.pretrained,
+                             index_type=ix.image_index_type, batch_size=ix.batch_size,
+                             shard=shard, rejects_path=rejects, device=settings.device)
+    return reindex_images(cfg, progress=progress)
+
+
+def merge_images_job(settings: Settings, progress: bool = True) -> dict[str, Any]:
+    """Merge every shard under the image index directory into one published version."""
+    from indexers.reindex import merge_images
+
+    return merge_images(None, settings.image_index_dir, progress=progress)
+
+
+def index_templates_job(settings: Settings, source: Path, rejects: Path | None = None,
+                        progress: bool = True) -> dict[str, Any]:
+    """Build a new template-index version from a catalogue and switch to it atomically."""
+    from indexers.reindex import TemplateReindexConfig, reindex_templates
+
+    ix = settings.index
+    key = ix.es_api_key.get_secret_value() if ix.es_api_key else None
+    cfg = TemplateReindexConfig(source=source, backend=ix.template_backend,
+                                root=settings.template_index_dir, es_url=ix.es_url,
+                                alias=ix.es_alias, api_key=key, rejects_path=rejects)
+    return reindex_templates(cfg, progress=progress)

@@ -63,8 +63,9 @@ class _CommandLogits:
     """Logits processor enforcing the bans and, optionally, the exact target length."""
 
     def __init__(self, prompt_len: int, banned: torch.Tensor, word_start: torch.Tensor,
-                 end_id: int, targets: torch.Tensor | None):
+                 end_id: int, targets: torch.Tensor | None, budget: int):
         self.prompt_len = prompt_len
+        self.budget = budget  # max new tokens: the length must be reached within it
         self.banned = banned  # (V,) bool
         self.word_start = word_start  # (V,) bool
         self.end_id = end_id
@@ -94,10 +95,13 @@ class _CommandLogits:
         at = words >= targets
         ws = self.word_start[:v]
         scores[at.unsqueeze(1) & ws.unsqueeze(0)] = neg
-        long_tail = since_start >= _MAX_TAIL_PIECES  # a word has grown absurdly long
-        if (short & long_tail).any():  # start the next word
-            scores[(short & long_tail).unsqueeze(1) & ~ws.unsqueeze(0)] = neg
-        force = at & long_tail
+        left = self.budget - gen.shape[1]  # tokens still allowed, this one included
+        # Start the next word when the current one has grown absurdly long, or when every
+        # remaining token is needed for a word (plus one for <|end|>).
+        hurry = short & ((since_start >= _MAX_TAIL_PIECES) | (left <= targets - words + 1))
+        if hurry.any():
+            scores[hurry.unsqueeze(1) & ~ws.unsqueeze(0)] = neg
+        force = at & ((since_start >= _MAX_TAIL_PIECES) | (left <= 1))
         if force.any():
             keep = scores[force, self.end_id].clone()
             scores[force] = neg
@@ -227,10 +231,17 @@ class Rewriter:
         for i, e in enumerate(encoded):  # left padding: generation continues on the right
             ids[i, width - len(e) :] = torch.tensor(e)
             mask[i, width - len(e) :] = 1
+        budget = min(limit, 3 * LENGTH_MAX + 8)
         targets = torch.tensor([c.length for _, c in chunk]) if strict else None
-        proc = _CommandLogits(width, self.banned, self.word_start, self.end_id, targets)
+        if strict and budget < int(targets.max()) + 1:
+            raise ConfigError(
+                f"query is too long: {width} tokens leave {budget} for a prompt of "
+                f"{int(targets.max())} words in the model's {self.model.config.n_positions}-token "
+                "window; shorten the query or ask for fewer words"
+            )
+        proc = _CommandLogits(width, self.banned, self.word_start, self.end_id, targets, budget)
         gen_kw = dict(
-            max_new_tokens=min(limit, 3 * LENGTH_MAX + 8), eos_token_id=self.end_id,
+            max_new_tokens=budget, eos_token_id=self.end_id,
             pad_token_id=self.end_id, logits_processor=LogitsProcessorList([proc]),
             num_return_sequences=n,
         )
