@@ -106,26 +106,19 @@ def _usable(examples: list[Example]) -> tuple[list[Example], int]:
 
 
 class _Batches:
-    """Right-padded batches; each pool of 50 batches is grouped by length to cut padding."""
+    """Right-padded batches sampled uniformly with replacement.
 
-    POOL = 50  # batches drawn at once and grouped by length
+    (Grouping batches by length cuts padding but puts similar length commands together, which
+    hurt length control in our runs: within ±2 words fell from 95% to 83%.)
+    """
 
     def __init__(self, encoded: list[tuple[list[int], int]], pad_id: int, seed: int):
         self.encoded = encoded  # grows in place when UDRL rounds add examples
         self.pad_id = pad_id
         self.rng = random.Random(seed)
-        self._ready: list[list[tuple[list[int], int]]] = []
-
-    def _refill(self, b: int) -> None:
-        pool = [self.encoded[self.rng.randrange(len(self.encoded))] for _ in range(b * self.POOL)]
-        pool.sort(key=lambda r: len(r[0]))
-        self._ready = [pool[i : i + b] for i in range(0, len(pool), b)]
-        self.rng.shuffle(self._ready)
 
     def sample(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not self._ready or len(self._ready[-1]) != b:
-            self._refill(b)
-        rows = self._ready.pop()
+        rows = [self.encoded[self.rng.randrange(len(self.encoded))] for _ in range(b)]
         width = max(len(ids) for ids, _ in rows)
         ids = torch.full((b, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((b, width), dtype=torch.long)
