@@ -1,7 +1,8 @@
 """Controlled generation: ask the UDRL GPT-2 for a prompt with a given task, length and relevance.
 
-Decoding always bans command tokens other than ``<|end|>``, whitespace-only tokens and (for
-models trained over a restricted output vocabulary) tokens the model never learnt to emit.
+Decoding always bans command tokens other than ``<|end|>``, whitespace-only tokens, tokens that
+would repeat a 3-gram of the prompt, and (for models trained over a restricted output
+vocabulary) tokens the model never learnt to emit.
 ``strict_length`` adds a hard constraint: ``<|end|>`` is forbidden before the target word count
 and forced once it is reached. Every output is cleaned and validated.
 """
@@ -59,6 +60,21 @@ class Rewrite:
     problems: tuple[str, ...] = field(default=())  # why not valid, or what cleaning changed
 
 
+def _ban_repeated_trigrams(gen: torch.Tensor, scores: torch.Tensor) -> None:
+    """Forbid any token that would repeat a 3-gram of the generated prompt (not the query).
+
+    Small models fall into loops ("holiday sale holiday sale ..."); HF's no_repeat_ngram_size
+    would also look at the input and so forbid copying a 3-word query into the prompt.
+    """
+    if gen.shape[1] < 3:
+        return
+    pairs = torch.stack([gen[:, :-2], gen[:, 1:-1]], dim=-1)  # (R, t-2, 2)
+    match = (pairs == gen[:, None, -2:]).all(-1)  # (R, t-2): same two tokens as the last two
+    rows, cols = match.nonzero(as_tuple=True)
+    if rows.numel():
+        scores[rows, gen[:, 2:][rows, cols]] = float("-inf")
+
+
 class _CommandLogits:
     """Logits processor enforcing the bans and, optionally, the exact target length."""
 
@@ -74,9 +90,10 @@ class _CommandLogits:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         v = scores.shape[-1]
         scores = scores.masked_fill(self.banned[:v], float("-inf"))
+        gen = input_ids[:, self.prompt_len :]  # (R, t) generated so far
+        _ban_repeated_trigrams(gen, scores)
         if self.targets is None:
             return scores
-        gen = input_ids[:, self.prompt_len :]  # (R, t) generated so far
         rows = scores.shape[0]
         targets = self.targets.repeat_interleave(rows // self.targets.shape[0])  # (R,)
         if gen.shape[1] == 0:
@@ -125,13 +142,14 @@ class Rewriter:
         self.batch_size = batch_size
         self.end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
         self.prompt_id = tokenizer.convert_tokens_to_ids(PROMPT_TOKEN)
-        self._tables(output_vocab)
+        self.set_output_vocab(output_vocab)
 
     @property
     def version(self) -> str:
         return self.meta.version
 
-    def _tables(self, output_vocab: Sequence[int] | None) -> None:
+    def set_output_vocab(self, output_vocab: Sequence[int] | None) -> None:
+        """Rebuild the decoding tables; only ``output_vocab`` tokens (and <|end|>) may be emitted."""
         n = self.model.get_output_embeddings().weight.shape[0]
         vocab = len(self.tokenizer)
         texts = self.tokenizer.batch_decode([[i] for i in range(vocab)])

@@ -8,6 +8,7 @@ score what the samples actually achieved, relabel, add to the data and train on.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -20,14 +21,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .commands import END_TOKEN, LENGTH_MAX, LENGTH_MIN, Command
+from .commands import LENGTH_MAX, LENGTH_MIN, Command
 from .data import Example, split_by_query, write_examples
 from .errors import ConfigError, DataError
-from .evaluate import evaluate_rewriter, held_out_commands, plot_length_errors
+from .evaluate import evaluate_rewriter, held_out_commands
 from .explore import explore_round
 from .generate import Rewriter
 from .model import MODEL_PRESETS, SCRATCH, ModelConfig, RewriterMeta, build_model, save_model_dir
-from .rewards import Scorer, assign_buckets, bucket_edges, relabel
+from .rewards import Scorer, relabel
 from .tokenizer import BUILTIN_TOKENIZER, load_tokenizer
 
 __all__ = ["TrainConfig", "TrainResult", "train_rewriter", "encode_example"]
@@ -224,10 +225,7 @@ def train_rewriter(
     train, test = split_by_query(examples, cfg.held_out, cfg.seed)
     if not train or not test:
         raise DataError("too few distinct queries to hold some out; distil more queries")
-    train, _ = relabel(train, scorer, progress=progress)
-    edges = bucket_edges([e.relevance for e in train])
-    train = [e.model_copy(update={"bucket": int(b)})
-             for e, b in zip(train, assign_buckets([e.relevance for e in train], edges))]
+    train, edges = relabel(train, scorer, progress=progress)  # edges: quantiles of train only
     test, _ = relabel(test, scorer, edges=edges, progress=progress)
 
     src = tokenizer_source if cfg.base_model == SCRATCH else cfg.base_model
@@ -252,7 +250,7 @@ def train_rewriter(
         vocab_ids = torch.tensor(output_vocab)
         remap = torch.full((len(tokenizer),), -100, dtype=torch.long)
         remap[vocab_ids] = torch.arange(len(output_vocab))
-        rewriter._tables(output_vocab)
+        rewriter.set_output_vocab(output_vocab)
     log.info("training on %d examples (%d too long), %d held-out", len(encoded), too_long, len(test))
 
     eval_cmds = held_out_commands(test, cfg.eval_commands, cfg.seed)
@@ -290,8 +288,6 @@ def train_rewriter(
               "out_of_range": out_of_range, "heldout_examples": len(test),
               "bucket_edges": edges, "final_loss": float(np.mean(curve[-20:])),
               "rounds": rounds, "loss_curve": [round(x, 4) for x in curve]}
-    import json
-
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     return TrainResult(out, meta.version, report)
 

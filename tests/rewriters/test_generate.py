@@ -78,3 +78,25 @@ def test_image_prompts_are_cut_to_clip_window(tiny_rewriter):
         assert r.valid and clip_token_count(r.prompt) <= CLIP_CONTEXT
     # random weights emit rare multi-piece tokens, so at least one needed cutting
     assert any("truncated to CLIP's 77-token window" in r.problems for r in outs)
+
+
+def test_repeated_trigrams_are_banned_but_the_query_may_be_copied():
+    import torch
+
+    from rewriters.generate import _ban_repeated_trigrams
+
+    gen = torch.tensor([[5, 6, 7, 5, 6],    # "5 6" seen before, followed by 7 → 7 banned
+                        [1, 2, 3, 4, 5]])   # no repeated pair → nothing banned
+    scores = torch.zeros(2, 10)
+    _ban_repeated_trigrams(gen, scores)
+    assert torch.isinf(scores[0, 7]) and torch.isfinite(scores[0]).sum() == 9
+    assert torch.isfinite(scores[1]).all()
+
+
+def test_no_generated_prompt_repeats_a_trigram(tiny_rewriter):
+    outs = tiny_rewriter.rewrite_batch([("holiday sale", Command("template", 30, 4))], n=4,
+                                       strict_length=True, decoding="sample", seed=3)[0]
+    for r in outs:
+        ids = tiny_rewriter.tokenizer.encode(" " + r.prompt)
+        grams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
+        assert len(grams) == len(set(grams)), r.prompt

@@ -74,3 +74,26 @@ def test_too_little_data_and_bad_config():
         TrainConfig(held_out=1.5)
     with pytest.raises(ConfigError, match="unknown model preset"):
         TrainConfig.from_dict({"model": "huge"})
+
+
+def test_pretrained_base_from_a_local_directory(tiny_model_dir, tmp_path):
+    # Any local GPT-2 directory works as a base (here the tiny fixture model); pretrained bases
+    # train over the full vocabulary, so no output_vocab.json is written.
+    cfg = TrainConfig(base_model=str(tiny_model_dir), steps=3, batch_size=4, eval_commands=10,
+                      warmup_steps=1)
+    result = train_rewriter(make_examples(30), LexicalScorer(), tmp_path / "ft", cfg,
+                            progress=False)
+    meta = json.loads((result.model_dir / "udrl.json").read_text())
+    assert meta["base_model"] == str(tiny_model_dir)
+    assert not (result.model_dir / "output_vocab.json").exists()
+    rw = load_rewriter(result.model_dir)
+    assert rw.rewrite("cabin", "template", 5, strict_length=True, seed=0)[0].words == 5
+
+
+def test_unknown_pretrained_name_is_a_model_error(tmp_path, monkeypatch):
+    from rewriters.errors import ModelError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = TrainConfig(base_model=str(tmp_path / "no-such-gpt2"), steps=1)
+    with pytest.raises(ModelError, match="cannot load"):
+        train_rewriter(make_examples(30), LexicalScorer(), tmp_path / "x", cfg, progress=False)
