@@ -131,7 +131,8 @@ def evaluate_rewriter(
     metrics.update(strict_length=strict_length, decoding=decoding)
     rows = [
         {"query": q, "task": c.task, "length": c.length, "relevance": c.relevance,
-         "prompt": r.prompt, "words": r.words, "score": float(s), "valid": r.valid}
+         "prompt": r.prompt, "words": r.words, "score": float(s), "valid": r.valid,
+         "problems": list(r.problems)}
         for (q, c), r, s in zip(commands, rewrites, rel)
     ]
     return metrics, rows

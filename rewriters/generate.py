@@ -280,7 +280,8 @@ class Rewriter:
         ended = self.end_id in ids
         if ended:
             ids = ids[: ids.index(self.end_id)]
-        raw = self.tokenizer.decode(ids, skip_special_tokens=False)
+        raw = self.tokenizer.decode(ids, skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=False)  # keep " ," a word
         problems: list[str] = []
         if any(t in raw for t in self.meta.command_tokens):
             problems.append("leaked command token")

@@ -78,8 +78,13 @@ def test_offline_flow_distill_train_rewrite_intent_eval(workspace, capsys):
     assert code == 0, err
     rep = json.loads((workspace / "reports" / "eval_rewriter.json").read_text())
     assert set(rep["modes"]) == {"free-greedy", "free-sample", "strict-greedy"}
-    strict = rep["modes"]["strict-greedy"]
-    assert strict["length_mse"] == 0.0 and strict["within_2"] == 1.0
+    # strict length is exact unless an image prompt had to be cut to CLIP's 77-token window
+    items = [json.loads(x) for x in
+             (workspace / "reports" / "eval_rewriter_items.jsonl").read_text().splitlines()]
+    strict = [i for i in items if i["mode"] == "strict-greedy"]
+    assert len(strict) == 20
+    for i in strict:
+        assert i["words"] == i["length"] or "truncated to CLIP's 77-token window" in i["problems"]
     assert rep["intent"]["count"] > 0 and 0.0 <= rep["intent"]["accuracy"] <= 1.0
     assert (workspace / "reports" / "length_errors.png").is_file()
 
