@@ -126,6 +126,18 @@ def find_shards(store_root: str | os.PathLike[str]) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-of-")[0]))
 
 
+def _version_fields(rep, previous: str | None) -> dict[str, Any]:
+    """Report fields every image build shares (``rep`` is an ``image_build.BuildReport``)."""
+    return {
+        "version": str(rep.version),
+        "version_name": rep.version.name,
+        "previous_version": previous,
+        "encoder": rep.encoder,
+        "index_type": rep.index_type,
+        "count": rep.count,
+    }
+
+
 def reindex_images(
     cfg: ImageReindexConfig, encoder: ImageEncoder | None = None, progress: bool = True
 ) -> dict[str, Any]:
@@ -170,12 +182,7 @@ def reindex_images(
         "source": _path(cfg.source),
         "store_root": str(target),
         "shard": cfg.shard,
-        "version": str(rep.version),
-        "version_name": rep.version.name,
-        "previous_version": previous,
-        "encoder": rep.encoder,
-        "index_type": rep.index_type,
-        "count": rep.count,
+        **_version_fields(rep, previous),
         "encoded": rep.encoded,
         "resumed": rep.resumed,
         "rejected": rep.rejected,
@@ -230,12 +237,7 @@ def merge_images(
         "job": "merge_images",
         "store_root": str(Path(store_root)),
         "shards": [str(d) for d in dirs],
-        "version": str(rep.version),
-        "version_name": rep.version.name,
-        "previous_version": previous,
-        "encoder": rep.encoder,
-        "index_type": rep.index_type,
-        "count": rep.count,
+        **_version_fields(rep, previous),
         "rejected": rep.rejected,
         "rejects_path": str(rep.rejects_path),
         "seconds": round(time.perf_counter() - t0, 3),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -176,8 +177,6 @@ def split_by_query(
     examples: list[Example], held_out: float, seed: int = 0
 ) -> tuple[list[Example], list[Example]]:
     """Split so that no query appears on both sides (held-out queries are unseen)."""
-    import random
-
     queries = sorted({e.query.lower() for e in examples})
     rng = random.Random(seed)
     rng.shuffle(queries)

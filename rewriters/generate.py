@@ -142,14 +142,15 @@ class Rewriter:
         self.batch_size = batch_size
         self.end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
         self.prompt_id = tokenizer.convert_tokens_to_ids(PROMPT_TOKEN)
+        self._token_classes()
         self.set_output_vocab(output_vocab)
 
     @property
     def version(self) -> str:
         return self.meta.version
 
-    def set_output_vocab(self, output_vocab: Sequence[int] | None) -> None:
-        """Rebuild the decoding tables; only ``output_vocab`` tokens (and <|end|>) may be emitted."""
+    def _token_classes(self) -> None:
+        """Classify every token once: which open a word, which may never be emitted."""
         n = self.model.get_output_embeddings().weight.shape[0]
         vocab = len(self.tokenizer)
         texts = self.tokenizer.batch_decode([[i] for i in range(vocab)])
@@ -166,12 +167,17 @@ class Rewriter:
             else:
                 word_start[i] = text[0].isspace()
         banned[vocab:] = True  # padding rows of the embedding
+        self._always_banned, self.word_start = banned, word_start
+
+    def set_output_vocab(self, output_vocab: Sequence[int] | None) -> None:
+        """Allow only ``output_vocab`` tokens (and <|end|>) to be emitted; None lifts the limit."""
+        banned = self._always_banned.clone()
         if output_vocab is not None:
-            allowed = torch.zeros(n, dtype=torch.bool)
+            allowed = torch.zeros_like(banned)
             allowed[torch.tensor(list(output_vocab), dtype=torch.long)] = True
             allowed[self.end_id] = True
             banned |= ~allowed
-        self.banned, self.word_start = banned, word_start
+        self.banned = banned
 
     def encode_input(self, query: str, command: Command) -> list[int]:
         """Token ids of ``<command><query><|prompt|>``, the model's input."""
