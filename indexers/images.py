@@ -193,6 +193,11 @@ class ImageIndex:
     dim = property(lambda self: int(self.meta["dim"]), doc="Vector width D.")
     index_type = property(lambda self: self.meta["index_type"], doc="flat, hnsw or ivf.")
 
+    @property
+    def version(self) -> str | None:
+        """The store version directory it was opened from (None for an unsaved build)."""
+        return self._dir.name if self._dir is not None else None
+
     def __len__(self) -> int:
         return len(self.ids)
 

@@ -240,6 +240,11 @@ def index_templates(
     _print_json(index_templates_job(s, source, rejects=rejects))
 
 
+from . import cli_serving  # noqa: E402  (commands that need `app`)
+
+cli_serving.register(app)
+
+
 def _usage_errors() -> tuple[type[BaseException], ...]:
     # typer >= 0.20 vendors click as typer._click; older typer uses click itself.
     errs: list[type[BaseException]] = [click.ClickException]

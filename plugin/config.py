@@ -28,6 +28,8 @@ __all__ = [
     "load_settings",
     "with_overrides",
     "get_settings",
+    "PipelineSettings",
+    "ServiceSettings",
     "DEFAULT_CONFIG_FILE",
 ]
 
@@ -106,6 +108,35 @@ class IndexSettings(BaseModel):
         return None if self.clip_pretrained.lower() in ("none", "random", "") else self.clip_pretrained
 
 
+class PipelineSettings(BaseModel):
+    """Query -> intent -> rewrite -> retrieval (``plugin.pipeline``)."""
+
+    k: int = Field(10, ge=1, le=1000)  # results per modality
+    fusion: bool = True  # fuse raw-query and rewritten-query results (RRF); False: rewrite only
+    rrf_k: int = Field(60, ge=1)  # RRF constant
+    raw_weight: float = Field(1.0, ge=0)  # RRF weight of the raw-query list
+    rewrite_weight: float = Field(1.0, ge=0)  # RRF weight of the rewritten-query list
+    decoding: Literal["sample", "greedy", "beam"] = "greedy"  # first try; retries sample
+    retries: int = Field(1, ge=0, le=5)  # sampled retries after a rejected prompt
+    max_over_length: int = Field(3, ge=0, le=40)  # words over the asked length tolerated
+    blocklist: list[str] = []  # terms a prompt must not contain (whole words, any case)
+    cache_size: int = Field(10_000, ge=0)  # rewrite cache entries (0: off)
+    precomputed: Path | None = None  # JSONL from `udrl rewrite-batch`, loaded into the cache
+    engine: Literal["auto", "torch", "ctranslate2"] = "auto"  # auto: CT2 export when present
+
+
+class ServiceSettings(BaseModel):
+    """`udrl serve`."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    api_key: SecretStr | None = None  # when set, requests need header X-API-Key
+    deadline_ms: float = Field(1500.0, gt=0)  # model time per request before failing open
+    max_body_bytes: int = Field(16_384, ge=256)  # larger request bodies get 413
+    max_batch: int = Field(16, ge=1, le=512)  # micro-batch: most items per model call
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000)  # micro-batch: wait for more requests
+
+
 class Settings(BaseSettings):
     """Everything a udrl command needs to know about its environment."""
 
@@ -123,6 +154,8 @@ class Settings(BaseSettings):
     intent: IntentSettings = IntentSettings()
     generation: GenerationSettings = GenerationSettings()
     index: IndexSettings = IndexSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    service: ServiceSettings = ServiceSettings()
 
     @property
     def data_path(self) -> Path:
@@ -143,6 +176,11 @@ class Settings(BaseSettings):
     @property
     def template_index_dir(self) -> Path:
         return self.workspace / "indexes" / "templates"
+
+    @property
+    def precomputed_path(self) -> Path:
+        """Precomputed rewrites the service loads (`udrl rewrite-batch` writes them)."""
+        return self.pipeline.precomputed or self.workspace / "rewrites.jsonl"
 
     @property
     def reports_dir(self) -> Path:

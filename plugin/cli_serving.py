@@ -1,0 +1,135 @@
+"""``udrl`` commands around the pipeline: serve, search, rewrite-batch, catalog, demo.
+
+Registered on the main app by ``plugin.cli``; like every command they parse, validate and call
+library code.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from rewriters.errors import ConfigError, DataError
+
+__all__ = ["register"]
+
+
+def _settings(ctx: typer.Context, **dotted: Any):
+    from .config import with_overrides
+
+    return with_overrides(ctx.obj, dotted)
+
+
+def serve(
+    ctx: typer.Context,
+    host: Optional[str] = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default 8080)."),
+    engine: Optional[str] = typer.Option(None, help="auto | torch | ctranslate2"),
+) -> None:
+    """Run the HTTP rewrite hook (FastAPI + uvicorn)."""
+    import uvicorn
+
+    from .config import get_settings
+    from .service import create_app
+
+    s = _settings(ctx, **{"service.host": host, "service.port": port,
+                          "pipeline.engine": engine})
+    app = create_app()
+    app.dependency_overrides[get_settings] = lambda: s
+    uvicorn.run(app, host=s.service.host, port=s.service.port, log_level="info")
+
+
+def search(
+    ctx: typer.Context,
+    query: str = typer.Argument(..., help="Search query."),
+    k: int = typer.Option(5, "-k", help="Results per modality."),
+    task: Optional[str] = typer.Option(None, help="Only this task (default: intent routing)."),
+    no_fusion: bool = typer.Option(False, "--no-fusion", help="Rewritten-query results only."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run QUERY through intent → rewrite → retrieval in-process and print the results."""
+    from .demo import format_results
+    from .hook import load_pipeline
+
+    pipe = load_pipeline(_settings(ctx))
+    try:
+        res = pipe.search(query, k=k, task=task, fusion=False if no_fusion else None)
+    finally:
+        pipe.close()
+    typer.echo(json.dumps(res.to_dict(), indent=2) if as_json else format_results([res], k))
+
+
+def rewrite_batch(
+    ctx: typer.Context,
+    queries: Path = typer.Argument(..., help="Head queries, one per line."),
+    out: Optional[Path] = typer.Option(None, help="Output JSONL (default "
+                                                  "<workspace>/rewrites.jsonl)."),
+    task: Optional[str] = typer.Option(None, help="Only this task (default: intent routing)."),
+    n: int = typer.Option(1, "-n", help="Prompts per query and task."),
+) -> None:
+    """Precompute rewrites for head queries into a file the service loads at start."""
+    from .hook import load_pipeline
+    from .pipeline import precompute_rewrites
+
+    s = _settings(ctx)
+    try:
+        lines = queries.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read queries file {queries}: {e}") from e
+    head = list(dict.fromkeys(q.split("\t")[0].strip() for q in lines if q.strip()))
+    if not head:
+        raise DataError(f"queries file {queries} has no queries")
+    target = out or s.precomputed_path
+    pipe = load_pipeline(s, indexes=False, precomputed=False)
+    try:
+        summary = precompute_rewrites(pipe, head, target, task=task, n=n)
+    finally:
+        pipe.close()
+    typer.echo(json.dumps(summary, indent=2))
+
+
+def catalog(
+    out: Path = typer.Argument(..., help="Folder for the generated sample catalogue."),
+    images: int = typer.Option(240, help="Images to draw."),
+    templates: int = typer.Option(400, help="Templates to write."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Generate a sample catalogue (images + templates) for trying the plugin offline."""
+    from .sample_catalog import write_sample_catalog
+
+    if images < 1 or templates < 1:
+        raise ConfigError("--images and --templates must be at least 1")
+    typer.echo(json.dumps(write_sample_catalog(out, n_images=images, n_templates=templates,
+                                               seed=seed), indent=2, default=str))
+
+
+def demo(ctx: typer.Context, k: int = typer.Option(3, "-k", help="Results shown per task.")) -> None:
+    """Run a handful of queries through the whole pipeline and print a table."""
+    from .demo import NEXT_STEPS, format_results, run_demo_queries
+    from .hook import load_pipeline
+
+    s = _settings(ctx)
+    pipe = load_pipeline(s)
+    try:
+        results = run_demo_queries(pipe, k=k)
+    finally:
+        pipe.close()
+    typer.echo(format_results(results, top=k))
+    routed = {t for r in results for t in r.rewrite.tasks}
+    found = sum(bool(m.results) for r in results for m in r.modalities)
+    typer.echo(f"\n{len(results)} queries; tasks routed: {', '.join(sorted(routed))}; "
+               f"{found} result lists returned; engine {type(pipe.rewriter).__name__}, "
+               f"model {pipe.model_version}")
+    config = getattr(ctx.find_root().params, "get", lambda *_: None)("config") or "udrl.toml"
+    typer.echo("\n" + NEXT_STEPS.format(config=config, ws=s.workspace))
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(serve)
+    app.command()(search)
+    app.command("rewrite-batch")(rewrite_batch)
+    app.command()(catalog)
+    app.command()(demo)

@@ -1,0 +1,155 @@
+"""The in-process rewrite hook for an existing Python search backend.
+
+::
+
+    from plugin.hook import RewriteHook
+
+    with RewriteHook.from_workspace("demo-workspace") as hook:
+        r = hook.rewrite("cozy cabin in the snow")        # RewriteResult: intent, prompts, path
+        s = hook.search("birthday invitation", k=5)        # SearchResult: fused results per task
+
+Same semantics as the HTTP service (it is the same ``Pipeline``): a model that does not answer
+within the deadline fails open with the raw query; every result says which path it took.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from indexers.errors import IndexStoreError
+from rewriters.errors import ModelError
+
+from .config import Settings, load_settings
+from .pipeline import Pipeline, RewriteResult, SearchResult
+
+__all__ = ["RewriteHook", "load_pipeline", "load_engine"]
+
+log = logging.getLogger(__name__)
+
+
+def load_engine(settings: Settings):
+    """The rewriter engine the settings ask for (``pipeline.engine``: auto | torch | ctranslate2).
+
+    Raises:
+        ModelError: no trained rewriter in the workspace, or the engine cannot load it.
+    """
+    from rewriters.generate import load_rewriter
+
+    path = settings.model_dir
+    if not path.is_dir():
+        raise ModelError(f"no rewriter at {path}; train one with `udrl train`")
+    engine = settings.pipeline.engine
+    try:
+        from rewriters.fast import load_engine as load_fast
+    except ImportError:  # the fast engine is optional at import time
+        load_fast = None
+    if load_fast is not None:
+        return load_fast(path, engine=engine, device=settings.device,
+                         batch_size=settings.generation.batch_size)
+    if engine == "ctranslate2":
+        raise ModelError("the ctranslate2 engine is not available in this installation")
+    return load_rewriter(path, device=settings.device, batch_size=settings.generation.batch_size)
+
+
+def _image_side(settings: Settings):
+    from indexers.encoders import ClipEncoder
+    from indexers.images import load_image_index
+
+    root = settings.image_index_dir
+    if not root.is_dir():
+        log.warning("no image index at %s; image search is off (build one with "
+                    "`udrl index images`)", root)
+        return None, None
+    encoder = ClipEncoder(settings.index.clip_model, settings.index.pretrained,
+                          device=settings.device)
+    return load_image_index(root, encoder.name, encoder.dim), encoder
+
+
+def _template_side(settings: Settings):
+    from indexers.templates import open_template_index
+
+    ix = settings.index
+    if ix.template_backend == "tantivy":
+        if not settings.template_index_dir.is_dir():
+            log.warning("no template index at %s; template search is off (build one with "
+                        "`udrl index templates`)", settings.template_index_dir)
+            return None
+        return open_template_index("tantivy", root=settings.template_index_dir)
+    from indexers.es_schema import EsSettings
+
+    if not ix.es_url:
+        raise IndexStoreError("index.template_backend is elasticsearch but index.es_url is "
+                              "not set; set UDRL_INDEX__ES_URL")
+    key = ix.es_api_key.get_secret_value() if ix.es_api_key else None
+    return open_template_index("elasticsearch",
+                               settings=EsSettings(hosts=ix.es_url, alias=ix.es_alias,
+                                                   api_key=key))
+
+
+def load_pipeline(settings: Settings, rewriter=None, indexes: bool = True,
+                  precomputed: bool = True) -> Pipeline:
+    """Load the rewriter, intent model and both indexes of the workspace into a Pipeline.
+
+    Missing indexes or intent model are logged and left out (``Pipeline.components`` shows it);
+    a missing rewriter is an error.
+
+    Args:
+        indexes: False loads only the models (for precomputing rewrites).
+        precomputed: False ignores the precomputed-rewrites file (and starts with a cold cache).
+    """
+    from rewriters.intent import load_intent_detector
+
+    rewriter = rewriter or load_engine(settings)
+    intent = None
+    if settings.intent_dir.is_dir():
+        intent = load_intent_detector(settings.intent_dir)
+    else:
+        log.warning("no intent model at %s; every query goes to both tasks", settings.intent_dir)
+    if not precomputed:
+        settings = settings.model_copy(
+            update={"pipeline": settings.pipeline.model_copy(update={"cache_size": 0})})
+    image_index, encoder = _image_side(settings) if indexes else (None, None)
+    template_index = _template_side(settings) if indexes else None
+    pipe = Pipeline(rewriter, intent, settings, image_index=image_index, image_encoder=encoder,
+                    template_index=template_index, load_precomputed=precomputed)
+    return pipe
+
+
+class RewriteHook:
+    """Call the rewrite plugin in-process: ``rewrite`` and ``search`` like the HTTP API."""
+
+    def __init__(self, pipeline: Pipeline):
+        self.pipeline = pipeline
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RewriteHook:
+        return cls(load_pipeline(settings))
+
+    @classmethod
+    def from_workspace(cls, workspace: str | os.PathLike[str], config: str | None = None,
+                       **overrides: Any) -> RewriteHook:
+        """Load from a workspace folder (``udrl`` settings from ``config``/env as usual)."""
+        return cls.from_settings(load_settings(config, workspace=Path(workspace), **overrides))
+
+    def rewrite(self, query: str, task: str | None = None, length: int | None = None,
+                relevance: int | None = None, n: int = 1,
+                deadline_ms: float | None = None) -> RewriteResult:
+        """Intent, prompts and path for ``query`` (see ``Pipeline.rewrite``)."""
+        return self.pipeline.rewrite(query, task, length, relevance, n, deadline_ms)
+
+    def search(self, query: str, k: int | None = None, filters: dict | None = None,
+               **options: Any) -> SearchResult:
+        """Fused results per modality for ``query`` (see ``Pipeline.search``)."""
+        return self.pipeline.search(query, k, filters, **options)
+
+    def close(self) -> None:
+        self.pipeline.close()
+
+    def __enter__(self) -> RewriteHook:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,437 @@
+"""The search pipeline: query → intent → UDRL rewrite → image and/or template search → fusion.
+
+::
+
+    query ─► IntentDetector ─► tasks ─► commands (task, length, relevance)
+                                            │
+                 RewriteCache ◄─────────────┤ miss
+                                            ▼
+                                  MicroBatcher ─► Rewriter / FastRewriter
+                                            │ check_prompt: accept | retry (sample) | raw query
+                                            ▼
+          image prompt ─► CLIP text encoder ─► ImageIndex (FAISS) ─┐
+          template prompt ─► TemplateIndex (tantivy / Elasticsearch) ├─► RRF(raw, rewrite) ─► results
+          raw query ─────────► the same indexes ─────────────────────┘
+
+Every result says which lists it came from (rank in the raw and rewritten lists), every prompt
+which path it took, and the response carries the index versions and timings per stage.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from rewriters.commands import TASKS, Command
+from rewriters.errors import ConfigError, UdrlError
+
+from .batching import MicroBatcher
+from .config import Settings
+from .fusion import rrf
+from .rewrite import PATHS, PromptOutcome, RewriteCache, check_prompt, read_precomputed
+
+__all__ = ["Pipeline", "RewriteResult", "SearchResult", "ModalityResult", "ResultItem",
+           "MAX_QUERY_CHARS", "precompute_rewrites"]
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY_CHARS = 512  # longer queries are refused (they are not search queries)
+
+
+@dataclass
+class RewriteResult:
+    """What the rewrite hook decided for one query."""
+
+    query: str
+    intent: str  # image | template | both
+    probs: dict[str, float]  # calibrated intent probabilities
+    tasks: list[str]  # the tasks the query was routed to
+    prompts: list[PromptOutcome]  # one per task
+    path: str  # the worst path of the prompts: rewrite | retry | raw
+    model_version: str
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def prompt_for(self, task: str) -> PromptOutcome | None:
+        return next((p for p in self.prompts if p.task == task), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ResultItem:
+    """One retrieved image or template."""
+
+    id: str
+    score: float  # fused RRF score, or the backend score when fusion is off
+    ranks: dict[str, int]  # 1-based rank in the "raw" and "rewrite" lists it appeared in
+    fields: dict[str, Any] = field(default_factory=dict)  # title, tags, metadata
+
+
+@dataclass
+class ModalityResult:
+    """Results of one modality (task) with their provenance."""
+
+    task: str
+    prompt: str  # what the rewritten list was searched with
+    path: str  # the prompt's path
+    fused: bool  # True: RRF of raw and rewrite lists
+    index_version: str | None
+    results: list[ResultItem]
+    error: str | None = None  # e.g. the index is not loaded
+
+
+@dataclass
+class SearchResult:
+    query: str
+    rewrite: RewriteResult
+    modalities: list[ModalityResult]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def modality(self, task: str) -> ModalityResult | None:
+        return next((m for m in self.modalities if m.task == task), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_query(query: Any) -> str:
+    if not isinstance(query, str):
+        raise ConfigError(f"query must be a string, got {type(query).__name__}")
+    q = " ".join(query.split())
+    if not q:
+        raise ConfigError("query is empty; pass some search text")
+    if len(q) > MAX_QUERY_CHARS:
+        raise ConfigError(f"query has {len(q)} characters; the limit is {MAX_QUERY_CHARS}")
+    return q
+
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 3)
+
+
+class Pipeline:
+    """Rewrites queries and searches the indexes; thread-safe for concurrent callers.
+
+    Args:
+        rewriter: an engine with ``rewrite_batch`` and ``version`` (``Rewriter`` or the fast one).
+        intent: an ``IntentDetector``; None routes every query to both tasks.
+        settings: generation, pipeline and service settings.
+        image_index, image_encoder: FAISS index and the CLIP encoder it was built with.
+        template_index: a ``TemplateIndex`` (tantivy or Elasticsearch).
+        batcher: the micro-batcher feeding ``rewriter`` (one is made when None).
+        load_precomputed: fill the cache from ``settings.precomputed_path`` when it exists.
+    """
+
+    def __init__(self, rewriter, intent, settings: Settings, *, image_index=None,
+                 image_encoder=None, template_index=None, batcher: MicroBatcher | None = None,
+                 load_precomputed: bool = True):
+        if (image_index is None) != (image_encoder is None):
+            raise ConfigError("an image index needs its image encoder (and the other way round)")
+        self.rewriter, self.intent, self.settings = rewriter, intent, settings
+        self.image_index, self.image_encoder = image_index, image_encoder
+        self.template_index = template_index
+        sv = settings.service
+        self.batcher = batcher or MicroBatcher(rewriter.rewrite_batch, sv.max_batch,
+                                               sv.batch_wait_ms)
+        self.cache = RewriteCache(settings.pipeline.cache_size)
+        self.counters: Counter[str] = Counter()  # path:<p>, fallback:<reason>
+        pre = settings.precomputed_path
+        self.precomputed: dict[str, int] | None = None
+        if load_precomputed and (settings.pipeline.precomputed is not None or pre.is_file()):
+            self.precomputed = self.load_precomputed(pre)
+
+    @property
+    def model_version(self) -> str:
+        return self.rewriter.version
+
+    # -- rewriting -----------------------------------------------------------------------------
+
+    def load_precomputed(self, path) -> dict[str, int]:
+        """Load a `udrl rewrite-batch` file into the cache; rows of another model are skipped."""
+        rows, rejects = read_precomputed(path)
+        for r in rejects:
+            log.warning("precomputed rewrites: %s", r)
+        loaded = stale = 0
+        for row in rows:
+            if row["model_version"] != self.model_version:
+                stale += 1
+                continue
+            cmd = Command(row["task"], int(row["length"]), int(row["relevance"]))
+            self.cache.put(row["query"], cmd, self.model_version, row["prompts"], "precomputed")
+            loaded += 1
+        if stale:
+            log.warning("precomputed rewrites: %d rows were made by another model version and "
+                        "are not used; re-run `udrl rewrite-batch`", stale)
+        return {"loaded": loaded, "stale": stale, "rejected": len(rejects)}
+
+    def command(self, task: str, length: int | None = None, relevance: int | None = None) -> Command:
+        """The command for a task, defaults from the generation settings."""
+        g = self.settings.generation
+        if length is None:
+            length = g.image_length if task == "image" else g.template_length
+        return Command(task, length, g.relevance if relevance is None else relevance)
+
+    def rewrite(self, query: str, task: str | None = None, length: int | None = None,
+                relevance: int | None = None, n: int = 1,
+                deadline_ms: float | None = None) -> RewriteResult:
+        """Detect intent and rewrite the query for each routed task (or for ``task`` only).
+
+        Never raises for a slow or failing model: such prompts fall back to the raw query.
+
+        Raises:
+            ConfigError: bad query, task, length, relevance or n.
+        """
+        t0 = time.perf_counter()
+        q = _check_query(query)
+        if not 1 <= n <= 8:
+            raise ConfigError(f"n {n} is out of range 1-8")
+        if task is not None and task not in TASKS:
+            raise ConfigError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
+        timings: dict[str, float] = {}
+        t = time.perf_counter()
+        if self.intent is not None:
+            pred = self.intent.predict(q)
+            intent, probs, routed = pred.intent, pred.probs, list(pred.routed)
+        else:
+            intent, probs, routed = "both", {}, list(TASKS)
+        timings["intent"] = _ms(t)
+        tasks = [task] if task else routed
+        commands = [self.command(tk, length, relevance) for tk in tasks]
+        t = time.perf_counter()
+        deadline = self.settings.service.deadline_ms if deadline_ms is None else deadline_ms
+        prompts = self._prompts(q, commands, n, deadline / 1000.0)
+        timings["rewrite"] = _ms(t)
+        path = max((p.path for p in prompts), key=PATHS.index, default="raw")
+        for p in prompts:
+            self.counters[f"path:{p.path}"] += 1
+            if p.reason:
+                self.counters[f"fallback:{p.reason.split(':')[0]}"] += 1
+        timings["total"] = _ms(t0)
+        return RewriteResult(q, intent, probs, tasks, prompts, path, self.model_version, timings)
+
+    def _prompts(self, query: str, commands: list[Command], n: int,
+                 budget_s: float) -> list[PromptOutcome]:
+        p, g = self.settings.pipeline, self.settings.generation
+        version = self.model_version
+        out: dict[int, PromptOutcome] = {}
+        pending: list[int] = []
+        for i, cmd in enumerate(commands):
+            hit = self.cache.get(query, cmd, version)
+            if hit is not None and len(hit[0]) >= n:
+                prompts, stored = hit
+                source = "precomputed" if stored == "precomputed" else "cache"
+                out[i] = PromptOutcome(cmd.task, _cmd(cmd), prompts[0], len(prompts[0].split()),
+                                       "rewrite", source, 0, alternatives=prompts[1:n])
+            else:
+                pending.append(i)
+        rejected: dict[int, list[str]] = {i: [] for i in pending}
+        attempts = 0
+        deadline_at = time.monotonic() + budget_s
+        while pending and attempts <= p.retries:
+            first = attempts == 0 and not (p.decoding == "greedy" and n > 1)
+            opts = dict(n=n, strict_length=g.strict_length,
+                        decoding=p.decoding if first else "sample",
+                        temperature=g.temperature, top_p=g.top_p, num_beams=max(g.num_beams, n))
+            items = [(query, commands[i]) for i in pending]
+            future = self.batcher.submit(items, **opts)
+            attempts += 1
+            try:
+                results = future.result(timeout=max(0.0, deadline_at - time.monotonic()))
+            except FutureTimeout:
+                future.add_done_callback(self._cache_late(query, items, n))
+                for i in pending:
+                    out[i] = self._raw(query, commands[i], attempts, rejected[i], "deadline")
+                return [out[i] for i in range(len(commands))]
+            except UdrlError as e:
+                for i in pending:
+                    out[i] = self._raw(query, commands[i], attempts, rejected[i], f"model error: {e}")
+                return [out[i] for i in range(len(commands))]
+            still = []
+            for i, rewrites in zip(pending, results):
+                good = []
+                for r in rewrites:
+                    problems = check_prompt(r, p.blocklist, p.max_over_length)
+                    if problems:
+                        rejected[i].append("; ".join(problems))
+                    else:
+                        good.append(r.prompt)
+                if good:
+                    self.cache.put(query, commands[i], version, good[:n])
+                    out[i] = PromptOutcome(
+                        commands[i].task, _cmd(commands[i]), good[0], len(good[0].split()),
+                        "rewrite" if attempts == 1 else "retry", "model", attempts,
+                        rejected[i], alternatives=good[1:n])
+                else:
+                    still.append(i)
+            pending = still
+        for i in pending:
+            out[i] = self._raw(query, commands[i], attempts, rejected[i], "rejected")
+        return [out[i] for i in range(len(commands))]
+
+    def _raw(self, query, cmd, attempts, rejected, reason) -> PromptOutcome:
+        return PromptOutcome(cmd.task, _cmd(cmd), query, len(query.split()), "raw", "none",
+                             attempts, rejected, reason)
+
+    def _cache_late(self, query: str, items, n: int):
+        """When a timed-out generation finishes, keep its accepted prompts for the next call."""
+        p = self.settings.pipeline
+
+        def done(future) -> None:
+            if future.cancelled() or future.exception() is not None:
+                return
+            for (_, cmd), rewrites in zip(items, future.result()):
+                good = [r.prompt for r in rewrites
+                        if not check_prompt(r, p.blocklist, p.max_over_length)]
+                if good:
+                    self.cache.put(query, cmd, self.model_version, good[:n])
+
+        return done
+
+    # -- search --------------------------------------------------------------------------------
+
+    def search(self, query: str, k: int | None = None, filters: dict[str, dict] | None = None,
+               task: str | None = None, length: int | None = None,
+               relevance: int | None = None, fusion: bool | None = None,
+               deadline_ms: float | None = None) -> SearchResult:
+        """Rewrite the query, search every routed modality, fuse raw and rewritten results.
+
+        Args:
+            k: results per modality (default from settings).
+            filters: per modality, ``{"image": {...metadata...}, "template": {"category": ..,
+                "tags": [..]}}``.
+            task, length, relevance: override the routing / the commands.
+            fusion: override ``pipeline.fusion``.
+        """
+        t0 = time.perf_counter()
+        p = self.settings.pipeline
+        k = p.k if k is None else k
+        if not isinstance(k, int) or not 1 <= k <= 1000:
+            raise ConfigError(f"k {k!r} is out of range 1-1000")
+        filters = dict(filters or {})
+        unknown = sorted(set(filters) - set(TASKS))
+        if unknown:
+            raise ConfigError(f"unknown filter section(s) {unknown}; use keys: {', '.join(TASKS)}")
+        fuse = p.fusion if fusion is None else fusion
+        rw = self.rewrite(query, task, length, relevance, 1, deadline_ms)
+        timings = {f"rewrite.{s}": v for s, v in rw.timings_ms.items() if s != "total"}
+        modalities = []
+        for outcome in rw.prompts:
+            search = self._search_images if outcome.task == "image" else self._search_templates
+            modalities.append(search(rw.query, outcome, k, filters.get(outcome.task), fuse,
+                                     timings))
+        timings["total"] = _ms(t0)
+        return SearchResult(rw.query, rw, modalities, timings)
+
+    def _fuse(self, task, outcome, lists: dict[str, list], k: int, fuse: bool,
+              version) -> ModalityResult:
+        fields = {}
+        for hits in lists.values():
+            for h in hits:
+                fields.setdefault(h[0], h[2])
+        p = self.settings.pipeline
+        if fuse and len(lists) > 1:
+            fused = rrf({name: [h[0] for h in hits] for name, hits in lists.items()},
+                        {"raw": p.raw_weight, "rewrite": p.rewrite_weight}, p.rrf_k, k)
+            items = [ResultItem(f.id, round(f.score, 6), f.ranks, fields[f.id]) for f in fused]
+        else:
+            name = "rewrite" if "rewrite" in lists else "raw"
+            items = [ResultItem(h[0], float(h[1]), {name: r}, h[2])
+                     for r, h in enumerate(lists[name][:k], start=1)]
+        return ModalityResult(task, outcome.prompt, outcome.path, fuse and len(lists) > 1,
+                              version, items)
+
+    def _search_images(self, query, outcome, k, filters, fuse, timings) -> ModalityResult:
+        if self.image_index is None:
+            return ModalityResult("image", outcome.prompt, outcome.path, False, None, [],
+                                  "image index is not loaded")
+        texts = [query] if outcome.path == "raw" else [query, outcome.prompt]
+        t = time.perf_counter()
+        vecs = self.image_encoder.encode_texts(texts)
+        timings["image.encode"] = _ms(t)
+        t = time.perf_counter()
+        found = self.image_index.search(vecs, k, filters)
+        timings["image.search"] = _ms(t)
+        lists = {name: [(h.id, h.score, dict(h.metadata)) for h in hits]
+                 for name, hits in zip(("raw", "rewrite"), found)}
+        t = time.perf_counter()
+        res = self._fuse("image", outcome, lists, k, fuse, self.image_index.version)
+        timings["image.fusion"] = _ms(t)
+        return res
+
+    def _search_templates(self, query, outcome, k, filters, fuse, timings) -> ModalityResult:
+        if self.template_index is None:
+            return ModalityResult("template", outcome.prompt, outcome.path, False, None, [],
+                                  "template index is not loaded")
+        texts = [query] if outcome.path == "raw" else [query, outcome.prompt]
+        t = time.perf_counter()
+        found = self.template_index.search_batch(texts, k, filters)
+        timings["template.search"] = _ms(t)
+        lists = {name: [(h.id, h.score, {"title": h.title, "category": h.category,
+                                         "tags": list(h.tags), **h.fields}) for h in hits]
+                 for name, hits in zip(("raw", "rewrite"), found)}
+        t = time.perf_counter()
+        res = self._fuse("template", outcome, lists, k, fuse, self.template_index.version)
+        timings["template.fusion"] = _ms(t)
+        return res
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def components(self) -> dict[str, dict[str, Any]]:
+        """What is loaded, with versions (for /readyz)."""
+        return {
+            "rewriter": {"loaded": True, "version": self.model_version,
+                         "engine": type(self.rewriter).__name__},
+            "intent": {"loaded": self.intent is not None},
+            "image_index": {"loaded": self.image_index is not None,
+                            "version": getattr(self.image_index, "version", None)},
+            "template_index": {"loaded": self.template_index is not None,
+                               "version": getattr(self.template_index, "version", None)},
+        }
+
+    def close(self) -> None:
+        self.batcher.close()
+        if self.template_index is not None:
+            self.template_index.close()
+
+
+def _cmd(cmd: Command) -> dict[str, Any]:
+    return {"task": cmd.task, "length": cmd.length, "relevance": cmd.relevance}
+
+
+def precompute_rewrites(pipeline: Pipeline, queries: Sequence[str], target,
+                        task: str | None = None, n: int = 1, workers: int = 16,
+                        progress: bool = True) -> dict[str, Any]:
+    """Rewrite head queries (concurrently, so the micro-batcher fills its batches) and write the
+    accepted prompts as JSONL to ``target`` for the service's cache (`udrl rewrite-batch`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from .rewrite import write_precomputed
+
+    t0 = time.perf_counter()
+
+    def one(q: str) -> RewriteResult:
+        return pipeline.rewrite(q, task, n=n, deadline_ms=3_600_000)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(tqdm(pool.map(one, queries), total=len(queries), desc="rewriting",
+                            unit="query", disable=not progress))
+    rows, raw = [], 0
+    for res in results:
+        for o in res.prompts:
+            if o.path == "raw":
+                raw += 1
+                continue
+            rows.append({"query": res.query, **o.command, "model_version": res.model_version,
+                         "prompts": [o.prompt, *o.alternatives]})
+    write_precomputed(target, rows)
+    return {"queries": len(queries), "rows": len(rows), "fell_back_to_raw": raw,
+            "model_version": pipeline.model_version, "file": str(target),
+            "seconds": round(time.perf_counter() - t0, 2)}
