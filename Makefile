@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 DEMO_WS ?= demo-workspace
 UDRL    := $(BIN)/udrl --config plugin/presets/demo.toml --workspace $(DEMO_WS)
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench clean compose-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -16,16 +16,18 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-## demo: offline end to end — distil with the builtin teacher, train the UDRL rewriter and the
-## intent model, evaluate, and rewrite a few queries.
+## demo: offline end to end — sample catalogue and both indexes, builtin-teacher distillation,
+## UDRL training, intent model, evaluation, precomputed head rewrites, then a table of queries.
 demo: $(STAMP)
+	$(UDRL) catalog $(DEMO_WS)/catalog --images 240 --templates 400
+	$(UDRL) index images $(DEMO_WS)/catalog/images.jsonl
+	$(UDRL) index templates $(DEMO_WS)/catalog/templates.jsonl
 	$(UDRL) distill
 	$(UDRL) train
 	$(UDRL) train-intent
-	$(UDRL) eval-rewriter --commands 300
-	$(UDRL) rewrite "cozy cabin in the snow" --task image --length 12 -n 3
-	$(UDRL) rewrite "holiday sale" --task template --length 10 -n 3
-	$(UDRL) intent "birthday party invitation"
+	$(UDRL) eval-rewriter --commands 200
+	$(UDRL) rewrite-batch plugin/presets/head_queries.txt
+	$(UDRL) demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -36,6 +38,20 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+## compose-check: `docker compose config -q` on docker/docker-compose.yml where Docker Compose
+## exists; everywhere (with .venv) a structural check too: required services and keys, UDRL_*
+## names and values against plugin.config.Settings, `udrl` command lines, ES server vs client.
+compose-check:
+	@if docker compose version >/dev/null 2>&1; then \
+		docker compose -f docker/docker-compose.yml config -q || exit 1; \
+		echo "compose-check: docker compose config OK"; \
+		if [ -x $(BIN)/python ]; then $(BIN)/python docker/check_compose.py; fi; \
+	else \
+		echo "compose-check: docker compose is not available; checking the file with Python"; \
+		$(MAKE) -s $(STAMP) && $(BIN)/python docker/check_compose.py; \
+	fi
+
 
 clean:
 	rm -rf $(DEMO_WS) .pytest_cache
