@@ -72,7 +72,7 @@ def rewrite_batch(
 ) -> None:
     """Precompute rewrites for head queries into a file the service loads at start."""
     from .hook import load_pipeline
-    from .pipeline import precompute_rewrites
+    from .offline import precompute_rewrites
 
     s = _settings(ctx)
     try:
@@ -127,7 +127,54 @@ def demo(ctx: typer.Context, k: int = typer.Option(3, "-k", help="Results shown 
     typer.echo("\n" + NEXT_STEPS.format(config=config, ws=s.workspace))
 
 
+def evaluate(
+    ctx: typer.Context,
+    queries: Path = typer.Argument(..., help="Queries: TSV (qid<TAB>query) or JSONL."),
+    qrels: Path = typer.Argument(..., help="Graded qrels in TREC format."),
+    task: str = typer.Option("template", help="Index to evaluate: image | template."),
+    modes: str = typer.Option("raw,rewrite,fused", help="Comma-separated: raw, rewrite, fused."),
+    command: list[str] = typer.Option([], "--command",
+                                      help="Extra rewrite command LENGTH[:RELEVANCE]; repeatable."),
+    k: int = typer.Option(100, "-k", help="Run depth (hits per query)."),
+    metrics: str = typer.Option("ndcg@10,recall@100,mrr,map", help="ranx metric names."),
+    stat_test: str = typer.Option("student", help="Paired test: student | fisher."),
+    out: Optional[Path] = typer.Option(None, help="Report folder (default <workspace>/reports/"
+                                                  "eval-<task>)."),
+    no_relevance: bool = typer.Option(False, "--no-relevance",
+                                      help="Skip scoring prompt relevance in the quality report."),
+) -> None:
+    """Offline retrieval evaluation: TREC runs per mode, ranx metrics and significance."""
+    from .hook import load_pipeline
+    from .jobs import make_scorer
+    from .offline import eval_retrieval
+    from .retrieval_eval import EvalConfig
+    from .trec import read_eval_queries, read_qrels
+
+    s = _settings(ctx)
+    cfg = EvalConfig(k=k, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+                     stat_test=stat_test)
+    qs, judged = read_eval_queries(queries), read_qrels(qrels)
+    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    out_dir = out or s.reports_dir / f"eval-{task}"
+    pipe = load_pipeline(s)
+    try:
+        report = eval_retrieval(pipe, qs, judged, task, out_dir, mode_list, command, cfg,
+                                None if no_relevance else make_scorer(s))
+    finally:
+        pipe.close()
+    from .retrieval_eval import markdown_report
+
+    typer.echo(markdown_report(report))
+    for mode, q in report["rewrite_quality"].items():
+        if q.get("count"):
+            typer.echo(f"rewrite quality [{mode}]: length MSE {q['length_mse']:.2f}, within ±2 "
+                       f"{100 * q['within_2']:.1f}%, distinct-2 {q['distinct_2']:.3f}, "
+                       f"fallback rate {100 * q['fallback_rate']:.1f}%")
+    typer.echo(f"report: {report['files']['report']}")
+
+
 def register(app: typer.Typer) -> None:
+    app.command("eval")(evaluate)
     app.command()(serve)
     app.command()(search)
     app.command("rewrite-batch")(rewrite_batch)

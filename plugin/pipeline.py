@@ -27,6 +27,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from indexers.errors import IndexStoreError
 from rewriters.commands import TASKS, Command
 from rewriters.errors import ConfigError, UdrlError
 
@@ -36,11 +37,12 @@ from .fusion import rrf
 from .rewrite import PATHS, PromptOutcome, RewriteCache, check_prompt, read_precomputed
 
 __all__ = ["Pipeline", "RewriteResult", "SearchResult", "ModalityResult", "ResultItem",
-           "MAX_QUERY_CHARS", "precompute_rewrites"]
+           "MAX_QUERY_CHARS", "RETRIEVAL_MODES"]
 
 log = logging.getLogger(__name__)
 
-MAX_QUERY_CHARS = 512  # longer queries are refused (they are not search queries)
+MAX_QUERY_CHARS = 512
+RETRIEVAL_MODES = ("raw", "rewrite", "fused")  # longer queries are refused (they are not search queries)
 
 
 @dataclass
@@ -380,6 +382,28 @@ class Pipeline:
         timings["template.fusion"] = _ms(t)
         return res
 
+    def retrieve(self, query: str, task: str, mode: str, k: int = 100,
+                 length: int | None = None, relevance: int | None = None,
+                 filters: dict | None = None) -> ModalityResult:
+        """One modality's ranked list for offline evaluation.
+
+        Args:
+            mode: "raw" (the query as typed), "rewrite" (the rewritten prompt only; the raw
+                query when the rewrite falls back) or "fused" (RRF of both).
+        """
+        if mode not in RETRIEVAL_MODES:
+            raise ConfigError(f"unknown mode {mode!r}; allowed: {', '.join(RETRIEVAL_MODES)}")
+        q = _check_query(query)
+        if mode == "raw":
+            outcome = self._raw(q, self.command(task, length, relevance), 0, [], "mode raw")
+        else:
+            outcome = self.rewrite(q, task, length, relevance).prompts[0]
+        search = self._search_images if task == "image" else self._search_templates
+        res = search(q, outcome, k, filters, mode == "fused", {})
+        if res.error:
+            raise IndexStoreError(res.error)
+        return res
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def components(self) -> dict[str, dict[str, Any]]:
@@ -402,36 +426,3 @@ class Pipeline:
 
 def _cmd(cmd: Command) -> dict[str, Any]:
     return {"task": cmd.task, "length": cmd.length, "relevance": cmd.relevance}
-
-
-def precompute_rewrites(pipeline: Pipeline, queries: Sequence[str], target,
-                        task: str | None = None, n: int = 1, workers: int = 16,
-                        progress: bool = True) -> dict[str, Any]:
-    """Rewrite head queries (concurrently, so the micro-batcher fills its batches) and write the
-    accepted prompts as JSONL to ``target`` for the service's cache (`udrl rewrite-batch`)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
-    from .rewrite import write_precomputed
-
-    t0 = time.perf_counter()
-
-    def one(q: str) -> RewriteResult:
-        return pipeline.rewrite(q, task, n=n, deadline_ms=3_600_000)
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(one, queries), total=len(queries), desc="rewriting",
-                            unit="query", disable=not progress))
-    rows, raw = [], 0
-    for res in results:
-        for o in res.prompts:
-            if o.path == "raw":
-                raw += 1
-                continue
-            rows.append({"query": res.query, **o.command, "model_version": res.model_version,
-                         "prompts": [o.prompt, *o.alternatives]})
-    write_precomputed(target, rows)
-    return {"queries": len(queries), "rows": len(rows), "fell_back_to_raw": raw,
-            "model_version": pipeline.model_version, "file": str(target),
-            "seconds": round(time.perf_counter() - t0, 2)}

@@ -1,0 +1,145 @@
+"""Offline jobs over a loaded Pipeline: precomputed head rewrites and retrieval evaluation.
+
+``udrl rewrite-batch`` → :func:`precompute_rewrites`; ``udrl eval`` → :func:`eval_retrieval`,
+which scores raw / rewrite / fused searches (and any extra commands) with ranx
+(``plugin.retrieval_eval``) and adds a rewrite-quality report over the same queries, computed by
+the same function as ``udrl eval-rewriter`` (``rewriters.evaluate.rewrite_quality``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rewriters.commands import Command, count_words
+from rewriters.errors import ConfigError
+
+from .pipeline import RETRIEVAL_MODES, Pipeline, RewriteResult
+
+__all__ = ["precompute_rewrites", "eval_retrieval", "parse_command_spec"]
+
+
+def precompute_rewrites(pipeline: Pipeline, queries: Sequence[str], target,
+                        task: str | None = None, n: int = 1, workers: int = 16,
+                        progress: bool = True) -> dict[str, Any]:
+    """Rewrite head queries (concurrently, so the micro-batcher fills its batches) and write the
+    accepted prompts as JSONL to ``target`` for the service's cache (`udrl rewrite-batch`)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from .rewrite import write_precomputed
+
+    t0 = time.perf_counter()
+
+    def one(q: str) -> RewriteResult:
+        return pipeline.rewrite(q, task, n=n, deadline_ms=3_600_000)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        results = list(tqdm(pool.map(one, queries), total=len(queries), desc="rewriting",
+                            unit="query", disable=not progress))
+    rows, raw = [], 0
+    for res in results:
+        for o in res.prompts:
+            if o.path == "raw":
+                raw += 1
+                continue
+            rows.append({"query": res.query, **o.command, "model_version": res.model_version,
+                         "prompts": [o.prompt, *o.alternatives]})
+    write_precomputed(target, rows)
+    return {"queries": len(queries), "rows": len(rows), "fell_back_to_raw": raw,
+            "model_version": pipeline.model_version, "file": str(target),
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+_SPEC = re.compile(r"^(\d+)(?::(\d))?$")
+
+
+def parse_command_spec(spec: str) -> tuple[int, int | None]:
+    """``"12"`` or ``"12:3"`` → (length, relevance or None); ConfigError names the bad spec."""
+    m = _SPEC.match(spec.strip())
+    if not m:
+        raise ConfigError(f"command {spec!r} is not LENGTH or LENGTH:RELEVANCE (e.g. 12 or 12:4)")
+    length, rel = int(m.group(1)), None if m.group(2) is None else int(m.group(2))
+    Command("image", length, 4 if rel is None else rel)  # validates the ranges
+    return length, rel
+
+
+def eval_retrieval(pipeline: Pipeline, queries, qrels, task: str, out_dir: Path,
+                   modes: Sequence[str] = RETRIEVAL_MODES, commands: Sequence[str] = (),
+                   cfg=None, scorer=None, progress: bool = True) -> dict[str, Any]:
+    """Search every query in every mode, score with ranx, and report rewrite quality.
+
+    Args:
+        queries, qrels: from ``plugin.trec.read_eval_queries`` / ``read_qrels``.
+        task: which index to evaluate ("image" or "template"); doc ids are its ids.
+        modes: any of raw, rewrite, fused; the first is the baseline of the tests.
+        commands: extra rewrite commands, each ``LENGTH[:RELEVANCE]``; each adds the modes
+            ``rewrite@len=L.rel=R`` and ``fused@len=L.rel=R``.
+        cfg: ``retrieval_eval.EvalConfig`` (depth, metrics, test).
+        scorer: relevance scorer for the rewrite-quality report (None: no relevance numbers).
+    """
+    from .retrieval_eval import EvalConfig, evaluate_modes
+    from .trec import run_tag
+
+    if task not in ("image", "template"):
+        raise ConfigError(f"unknown task {task!r}; allowed: image, template")
+    bad = [m for m in modes if m not in RETRIEVAL_MODES]
+    if bad or not modes:
+        raise ConfigError(f"unknown mode(s) {bad}; allowed: {', '.join(RETRIEVAL_MODES)}")
+    cfg = cfg or EvalConfig()
+    plan: dict[str, tuple[str, int | None, int | None]] = {m: (m, None, None) for m in modes}
+    for spec in commands:
+        length, rel = parse_command_spec(spec)
+        cmd = pipeline.command(task, length, rel)
+        for base in ("rewrite", "fused"):
+            plan[f"{base}@len={cmd.length}.rel={cmd.relevance}"] = (base, length, rel)
+    seen: dict[tuple[str, str], tuple[Command, str, str]] = {}
+
+    def search(q, mode: str):
+        base, length, rel = plan[mode]
+        res = pipeline.retrieve(q.query, task, base, cfg.k, length, rel)
+        if base != "raw":
+            seen[(mode, q.qid)] = (pipeline.command(task, length, rel), res.prompt, res.path)
+        return [(r.id, r.score) for r in res.results]
+
+    def tag(mode: str) -> str:
+        base, length, rel = plan[mode]
+        cmd = None if base == "raw" else pipeline.command(task, length, rel)
+        spec = None if cmd is None else f"{cmd.task},{cmd.length},{cmd.relevance}"
+        return run_tag(mode, spec, pipeline.model_version)
+
+    out_dir = Path(out_dir)
+    report = evaluate_modes(queries, qrels, search, list(plan), out_dir, cfg, tag, progress)
+    text = {q.qid: q.query for q in queries}
+    quality = {}
+    for mode in plan:
+        rows = [(text[qid], *v) for (m, qid), v in seen.items() if m == mode]
+        if rows:
+            quality[mode] = rewrite_quality_report(rows, scorer)
+    report["rewrite_quality"] = quality
+    (out_dir / "rewrite_quality.json").write_text(json.dumps(quality, indent=2) + "\n")
+    report["files"]["rewrite_quality"] = str(out_dir / "rewrite_quality.json")
+    return report
+
+
+def rewrite_quality_report(rows: Sequence[tuple[str, Command, str, str]], scorer=None
+                           ) -> dict[str, Any]:
+    """Rewrite quality of (query, command, prompt, path) rows: the eval-rewriter numbers over
+    the prompts the model produced, plus the share that fell back to the raw query."""
+    from rewriters.evaluate import rewrite_quality
+
+    made = [r for r in rows if r[3] != "raw"]
+    fallback = 1 - len(made) / len(rows) if rows else float("nan")
+    if not made:
+        return {"count": 0, "queries": len(rows), "fallback_rate": fallback}
+    queries, commands, prompts = [r[0] for r in made], [r[1] for r in made], [r[2] for r in made]
+    relevance = (scorer.score(queries, prompts).tolist() if scorer is not None
+                 else [float("nan")] * len(made))
+    out = rewrite_quality(commands, prompts, [count_words(p) for p in prompts],
+                          [True] * len(made), relevance)
+    return {**out, "queries": len(rows), "fallback_rate": fallback}
