@@ -33,13 +33,18 @@ def serve(
     import uvicorn
 
     from .config import get_settings
+    from .hook import load_pipeline
     from .service import create_app
 
     s = _settings(ctx, **{"service.host": host, "service.port": port,
                           "pipeline.engine": engine})
-    app = create_app()
+    pipe = load_pipeline(s)  # load before serving: a bad workspace is one error line
+    app = create_app(pipe)
     app.dependency_overrides[get_settings] = lambda: s
-    uvicorn.run(app, host=s.service.host, port=s.service.port, log_level="info")
+    try:
+        uvicorn.run(app, host=s.service.host, port=s.service.port, log_level="info")
+    finally:
+        pipe.close()
 
 
 def search(
@@ -56,7 +61,8 @@ def search(
 
     pipe = load_pipeline(_settings(ctx))
     try:
-        res = pipe.search(query, k=k, task=task, fusion=False if no_fusion else None)
+        res = pipe.search(query, k=k, task=task, fusion=False if no_fusion else None,
+                          deadline_ms=60_000)  # interactive: show what the model writes
     finally:
         pipe.close()
     typer.echo(json.dumps(res.to_dict(), indent=2) if as_json else format_results([res], k))

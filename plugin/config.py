@@ -135,6 +135,8 @@ class ServiceSettings(BaseModel):
     max_body_bytes: int = Field(16_384, ge=256)  # larger request bodies get 413
     max_batch: int = Field(16, ge=1, le=512)  # micro-batch: most items per model call
     batch_wait_ms: float = Field(5.0, ge=0, le=1000)  # micro-batch: wait for more requests
+    # indexes /readyz waits for (a templates-only deployment lists just "template")
+    require_indexes: list[Literal["image", "template"]] = ["image", "template"]
 
 
 class Settings(BaseSettings):

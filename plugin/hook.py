@@ -98,7 +98,8 @@ def load_pipeline(settings: Settings, rewriter=None, indexes: bool = True,
 
     Args:
         indexes: False loads only the models (for precomputing rewrites).
-        precomputed: False ignores the precomputed-rewrites file (and starts with a cold cache).
+        precomputed: False ignores the precomputed-rewrites file and turns the cache off (used
+            when the precomputed file itself is being written).
     """
     from rewriters.intent import load_intent_detector
 

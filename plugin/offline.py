@@ -102,7 +102,7 @@ def eval_retrieval(pipeline: Pipeline, queries, qrels, task: str, out_dir: Path,
 
     def search(q, mode: str):
         base, length, rel = plan[mode]
-        res = pipeline.retrieve(q.query, task, base, cfg.k, length, rel)
+        res = pipeline.retrieve(q.query, task, base, cfg.k, length, rel)  # no deadline cut
         if base != "raw":
             seen[(mode, q.qid)] = (pipeline.command(task, length, rel), res.prompt, res.path)
         return [(r.id, r.score) for r in res.results]

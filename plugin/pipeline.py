@@ -30,6 +30,7 @@ from typing import Any
 from indexers.errors import IndexStoreError
 from rewriters.commands import TASKS, Command
 from rewriters.errors import ConfigError, UdrlError
+from rewriters.generate import Rewrite
 
 from .batching import MicroBatcher
 from .config import Settings
@@ -41,8 +42,8 @@ __all__ = ["Pipeline", "RewriteResult", "SearchResult", "ModalityResult", "Resul
 
 log = logging.getLogger(__name__)
 
-MAX_QUERY_CHARS = 512
-RETRIEVAL_MODES = ("raw", "rewrite", "fused")  # longer queries are refused (they are not search queries)
+MAX_QUERY_CHARS = 512  # longer queries are refused (they are not search queries)
+RETRIEVAL_MODES = ("raw", "rewrite", "fused")
 
 
 @dataclass
@@ -159,18 +160,28 @@ class Pipeline:
         rows, rejects = read_precomputed(path)
         for r in rejects:
             log.warning("precomputed rewrites: %s", r)
-        loaded = stale = 0
+        loaded = stale = refused = 0
         for row in rows:
             if row["model_version"] != self.model_version:
                 stale += 1
                 continue
             cmd = Command(row["task"], int(row["length"]), int(row["relevance"]))
-            self.cache.put(row["query"], cmd, self.model_version, row["prompts"], "precomputed")
+            p = self.settings.pipeline
+            ok = [t for t in row["prompts"]  # today's checks (a blocklist may have grown)
+                  if not check_prompt(Rewrite(t, len(t.split()), cmd, True), p.blocklist,
+                                      p.max_over_length)]
+            if not ok:
+                refused += 1
+                continue
+            self.cache.put(row["query"], cmd, self.model_version, ok, "precomputed")
             loaded += 1
         if stale:
             log.warning("precomputed rewrites: %d rows were made by another model version and "
                         "are not used; re-run `udrl rewrite-batch`", stale)
-        return {"loaded": loaded, "stale": stale, "rejected": len(rejects)}
+        if refused:
+            log.warning("precomputed rewrites: %d rows fail today's prompt checks and are not "
+                        "used", refused)
+        return {"loaded": loaded, "stale": stale, "refused": refused, "rejected": len(rejects)}
 
     def command(self, task: str, length: int | None = None, relevance: int | None = None) -> Command:
         """The command for a task, defaults from the generation settings."""
@@ -250,7 +261,9 @@ class Pipeline:
                 for i in pending:
                     out[i] = self._raw(query, commands[i], attempts, rejected[i], "deadline")
                 return [out[i] for i in range(len(commands))]
-            except UdrlError as e:
+            except Exception as e:  # a failing model fails open, like a slow one
+                if not isinstance(e, UdrlError):
+                    log.exception("rewriter failed; falling back to the raw query")
                 for i in pending:
                     out[i] = self._raw(query, commands[i], attempts, rejected[i], f"model error: {e}")
                 return [out[i] for i in range(len(commands))]
@@ -263,6 +276,7 @@ class Pipeline:
                         rejected[i].append("; ".join(problems))
                     else:
                         good.append(r.prompt)
+                good = list(dict.fromkeys(good))  # sampled duplicates are one prompt
                 if good:
                     self.cache.put(query, commands[i], version, good[:n])
                     out[i] = PromptOutcome(
@@ -384,8 +398,9 @@ class Pipeline:
 
     def retrieve(self, query: str, task: str, mode: str, k: int = 100,
                  length: int | None = None, relevance: int | None = None,
-                 filters: dict | None = None) -> ModalityResult:
-        """One modality's ranked list for offline evaluation.
+                 filters: dict | None = None, deadline_ms: float = 3_600_000) -> ModalityResult:
+        """One modality's ranked list for offline evaluation (with a generous model deadline,
+        so results do not depend on machine speed).
 
         Args:
             mode: "raw" (the query as typed), "rewrite" (the rewritten prompt only; the raw
@@ -397,7 +412,7 @@ class Pipeline:
         if mode == "raw":
             outcome = self._raw(q, self.command(task, length, relevance), 0, [], "mode raw")
         else:
-            outcome = self.rewrite(q, task, length, relevance).prompts[0]
+            outcome = self.rewrite(q, task, length, relevance, 1, deadline_ms).prompts[0]
         search = self._search_images if task == "image" else self._search_templates
         res = search(q, outcome, k, filters, mode == "fused", {})
         if res.error:

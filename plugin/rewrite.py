@@ -1,8 +1,8 @@
 """Safe rewriting: validation, the fallback chain and the rewrite cache.
 
-A generated prompt is checked before it reaches an index. Rejected (empty, a word repeated back
-to back, far over the asked length, leaked command tokens, a blocklisted term, or flagged by the
-rewriter) → retry by sampling → fall back to the raw query. Every outcome records the path
+A generated prompt is checked before it reaches an index. Rejected (empty or no letters or
+digits, a word repeated back to back, far over or under the asked length, leaked command tokens,
+a blocklisted term, or flagged by the rewriter) → retry by sampling → fall back to the raw query. Every outcome records the path
 taken: ``rewrite`` (first try accepted), ``retry`` (a later try accepted), ``raw`` (the raw
 query is used; ``reason`` says why, including ``deadline`` when the model did not answer in time).
 
@@ -76,12 +76,15 @@ def check_prompt(
     Args:
         rewrite: the rewriter's output (its own validation problems count too).
         blocklist: terms (case-insensitive, whole words or phrases) that must not appear.
-        max_over: words over the asked length tolerated before "over length".
+        max_over: words over (or under) the asked length tolerated before "over length"
+            ("under length").
     """
     problems = [p for p in rewrite.problems if not p.startswith("truncated")]
     text = rewrite.prompt
     if not text.strip():
         return problems or ["empty output"]
+    if not any(c.isalnum() for c in text):
+        problems.append("no letters or digits")
     if "<|" in text or "|>" in text:
         problems.append("leaked command token")
     words = [w.lower().strip(",.;:!?") for w in text.split()]
@@ -89,6 +92,8 @@ def check_prompt(
         problems.append("repeated words")
     if rewrite.words > rewrite.command.length + max_over:
         problems.append(f"over length ({rewrite.words} words for {rewrite.command.length})")
+    if rewrite.words < rewrite.command.length - max_over:
+        problems.append(f"under length ({rewrite.words} words for {rewrite.command.length})")
     lowered = " ".join(_WORD.findall(text.lower()))
     for term in blocklist:
         t = " ".join(_WORD.findall(term.lower()))

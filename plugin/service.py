@@ -169,7 +169,11 @@ class _Metrics:
 
 
 def create_app(pipeline: Pipeline | None = None) -> FastAPI:
-    """The service app. Without ``pipeline`` it loads one from ``get_settings()`` at start-up."""
+    """The service app. Without ``pipeline`` it loads one from ``get_settings()`` at start-up.
+
+    Once a pipeline is loaded, its settings are the ones every request uses (API key, body
+    limit, deadline, batching), so there is one source of truth.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -194,7 +198,11 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
             raise StarletteHTTPException(503, "the pipeline is not loaded yet")
         return pipe
 
-    def check_key(settings: Settings = Depends(get_settings),
+    def settings_of(request: Request, configured: Settings = Depends(get_settings)) -> Settings:
+        pipe = request.app.state.pipeline
+        return pipe.settings if pipe is not None else configured
+
+    def check_key(settings: Settings = Depends(settings_of),
                   x_api_key: str | None = Header(None)) -> None:
         want = settings.service.api_key
         if want is not None and not hmac.compare_digest(
@@ -205,7 +213,9 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
     async def limits_and_metrics(request: Request, call_next):
         t0 = time.perf_counter()
         endpoint = request.url.path
-        settings = app.dependency_overrides.get(get_settings, get_settings)()
+        pipe = app.state.pipeline
+        settings = (pipe.settings if pipe is not None
+                    else app.dependency_overrides.get(get_settings, get_settings)())
         limit = settings.service.max_body_bytes
         if request.method == "POST":
             declared = request.headers.get("content-length")
@@ -274,7 +284,9 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
         if pipe is None:
             return _error(503, "not_ready", "the pipeline is not loaded yet")
         parts = pipe.components()
-        ready = all(p["loaded"] for p in parts.values())
+        need = ["rewriter", "intent"] + [f"{t}_index" for t in
+                                         pipe.settings.service.require_indexes]
+        ready = all(parts[name]["loaded"] for name in need)
         return JSONResponse({"ready": ready, "components": parts},
                             status_code=200 if ready else 503)
 

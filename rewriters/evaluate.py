@@ -102,11 +102,22 @@ def rewrite_quality(
     }
 
 
+def _ranks(x: Sequence[float]) -> np.ndarray:
+    """1-based ranks with ties sharing their average rank (as Spearman's rho needs)."""
+    x = np.asarray(x, dtype=float)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        tied = x == v
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
 def _spearman(a: Sequence[float], b: Sequence[float]) -> float:
     if len(a) < 3:
         return float("nan")
-    ra = np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(float)
-    rb = np.argsort(np.argsort(b, kind="stable"), kind="stable").astype(float)
+    ra, rb = _ranks(a), _ranks(b)
     if ra.std() == 0 or rb.std() == 0:
         return float("nan")
     return float(np.corrcoef(ra, rb)[0, 1])

@@ -84,16 +84,19 @@ def test_precomputed_rewrites_fill_the_cache(make_pipeline, tmp_path):
     pre = tmp_path / "pre.jsonl"
     write_precomputed(pre, [
         {"query": "Cozy Cabin", "task": "image", "length": 12, "relevance": 4,
-         "model_version": "fake-v1", "prompts": ["a precomputed cabin prompt"]},
+         "model_version": "fake-v1", "prompts": ["a precomputed cabin prompt with snow pine smoke warm light and stars"]},
+        {"query": "handbag", "task": "image", "length": 12, "relevance": 4,
+         "model_version": "fake-v1", "prompts": ["a cheap knock-off bag in red leather with gold chain and big logo"]},
         {"query": "old", "task": "image", "length": 12, "relevance": 4,
          "model_version": "older-model", "prompts": ["stale"]},
     ])
-    pipe = make_pipeline(pipeline={"precomputed": str(pre)})
+    pipe = make_pipeline(pipeline={"precomputed": str(pre), "blocklist": ["knock-off"]})
+    assert pipe.precomputed == {"loaded": 1, "stale": 1, "refused": 1, "rejected": 0}
     res = pipe.rewrite("cozy cabin", task="image")
     assert res.prompts[0].source == "precomputed"
-    assert res.prompts[0].prompt == "a precomputed cabin prompt"
+    assert res.prompts[0].prompt.startswith("a precomputed cabin prompt")
     assert pipe.rewriter.calls == []
-    assert len(pipe.cache) == 1  # the stale row was skipped
+    assert len(pipe.cache) == 1  # the stale and the blocklisted rows were skipped
 
 
 def test_search_fuses_raw_and_rewrite(make_pipeline):

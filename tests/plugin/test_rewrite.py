@@ -114,3 +114,8 @@ def test_micro_batcher_separates_options_and_propagates_errors():
     start = time.monotonic()
     MicroBatcher(fake.rewrite_batch, wait_ms=0).close()
     assert time.monotonic() - start < 5
+
+
+def test_check_prompt_rejects_punctuation_and_short_prompts():
+    assert "no letters or digits" in check_prompt(rw(",,, ..", length=3))
+    assert "under length (2 words for 12)" in check_prompt(rw("cozy cabin", length=12))

@@ -147,3 +147,26 @@ def test_oversized_body_without_content_length(client_for):
 
     r = client.post("/v1/search", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "body_too_large"
+
+
+def test_readyz_with_a_templates_only_deployment(tmp_path, intent_detector, template_index):
+    from plugin.pipeline import Pipeline
+
+    from .conftest import settings_for
+
+    pipe = Pipeline(FakeRewriter(), intent_detector,
+                    settings_for(tmp_path, service={"require_indexes": ["template"]}),
+                    template_index=template_index)
+    with TestClient(create_app(pipe)) as client:
+        assert client.get("/readyz").status_code == 200
+    pipe.batcher.close()
+
+
+def test_a_crashing_model_fails_open(client_for):
+    class Crashing(FakeRewriter):
+        def rewrite_batch(self, items, **kw):
+            raise RuntimeError("CUDA out of memory")
+
+    r = client_for(Crashing()).post("/v1/rewrite", json={"query": "a b", "task": "image"})
+    assert r.status_code == 200
+    assert r.json()["prompts"][0]["reason"] == "model error: CUDA out of memory"

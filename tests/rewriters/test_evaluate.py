@@ -50,3 +50,13 @@ def test_held_out_commands_cover_queries_and_are_valid(synthetic_examples):
     pairs = {(e.query, e.task) for e in synthetic_examples}
     assert all((q, c.task) in pairs for q, c in cmds)
     assert len({c.length for _, c in cmds}) > 30 and {c.relevance for _, c in cmds} == set(range(5))
+
+
+def test_spearman_averages_ties():
+    from rewriters.evaluate import _spearman
+
+    # ranks with ties averaged: a -> 1.5 1.5 3 4, b -> 1 2 3 4; rho = corr = 0.9486833
+    assert abs(_spearman([0, 0, 1, 2], [0.1, 0.2, 0.3, 0.4]) - 0.9486833) < 1e-6
+    import math
+
+    assert math.isnan(_spearman([3, 3, 3], [0.1, 0.2, 0.3]))  # one bucket: undefined, not 1.0
