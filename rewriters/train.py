@@ -107,28 +107,65 @@ def _usable(examples: list[Example]) -> tuple[list[Example], int]:
 
 
 class _Batches:
-    """Right-padded batches sampled uniformly with replacement.
+    """Batches of examples sampled uniformly with replacement, packed into shared rows.
 
-    (Grouping batches by length cuts padding but puts similar length commands together, which
-    hurt length control in our runs: within ±2 words fell from 95% to 83%.)
+    Each step still sees ``b`` independent examples, but several short ones share a row: every
+    example keeps its own positions (0, 1, ...) and a block-diagonal causal mask stops it from
+    attending to its row neighbours, so the hidden states are exactly those of unpacked
+    examples while about half the padding compute disappears.
+    (Grouping batches by length cuts padding too, but puts similar length commands together,
+    which hurt length control in our runs: within ±2 words fell from 95% to 83%.)
     """
 
-    def __init__(self, encoded: list[tuple[list[int], int]], pad_id: int, seed: int):
+    def __init__(self, encoded: list[tuple[list[int], int]], pad_id: int, seed: int,
+                 row_width: int = 128):
         self.encoded = encoded  # grows in place when UDRL rounds add examples
         self.pad_id = pad_id
+        self.row_width = row_width
         self.rng = random.Random(seed)
 
-    def sample(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = [self.encoded[self.rng.randrange(len(self.encoded))] for _ in range(b)]
-        width = max(len(ids) for ids, _ in rows)
-        ids = torch.full((b, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((b, width), dtype=torch.long)
-        loss_mask = torch.zeros((b, width), dtype=torch.bool)  # position t predicts t+1
-        for i, (seq, start) in enumerate(rows):
-            ids[i, : len(seq)] = torch.tensor(seq)
-            mask[i, : len(seq)] = 1
-            loss_mask[i, start - 1 : len(seq) - 1] = True
-        return ids, mask, loss_mask
+        return pack_examples(rows, self.pad_id, self.row_width)
+
+
+def pack_examples(rows: list[tuple[list[int], int]], pad_id: int, row_width: int = 128
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pack (token ids, prompt start) examples into rows, first fit by decreasing length.
+
+    Returns:
+        ids (R, W), position_ids (R, W), attention mask (R, 1, W, W) bool (True = may attend),
+        loss mask (R, W) bool: position t is trained to predict token t+1 (a prompt token).
+    """
+    width = max(row_width, max(len(ids) for ids, _ in rows))
+    bins: list[list[tuple[list[int], int]]] = []
+    free: list[int] = []
+    for row in sorted(rows, key=lambda r: -len(r[0])):
+        at = next((i for i, f in enumerate(free) if f >= len(row[0])), None)
+        if at is None:
+            bins.append([]), free.append(width)
+            at = len(bins) - 1
+        bins[at].append(row)
+        free[at] -= len(row[0])
+    width = max(width - f for f in free)  # trim the common tail of padding
+    n = len(bins)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    pos = torch.zeros((n, width), dtype=torch.long)
+    seg = torch.full((n, width), -1, dtype=torch.long)  # example number within the row
+    loss_mask = torch.zeros((n, width), dtype=torch.bool)
+    for r, members in enumerate(bins):
+        at = 0
+        for j, (seq, start) in enumerate(members):
+            end = at + len(seq)
+            ids[r, at:end] = torch.tensor(seq)
+            pos[r, at:end] = torch.arange(len(seq))
+            seg[r, at:end] = j
+            loss_mask[r, at + start - 1 : end - 1] = True
+            at = end
+    causal = torch.tril(torch.ones(width, width, dtype=torch.bool))
+    same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
+    mask = (same & causal) | torch.eye(width, dtype=torch.bool)  # padding attends to itself
+    return ids, pos, mask[:, None], loss_mask
 
 
 def _lr_at(step: int, total: int, cfg: TrainConfig, peak: float) -> float:
@@ -157,8 +194,9 @@ def _fit(model, batches: _Batches, steps: int, cfg: TrainConfig, lr: float,
     for step in bar:
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, steps, cfg, lr)
-        ids, mask, loss_mask = batches.sample(cfg.batch_size)
-        hidden = model.transformer(input_ids=ids, attention_mask=mask).last_hidden_state  # (B,T,C)
+        ids, pos, mask, loss_mask = batches.sample(cfg.batch_size)
+        hidden = model.transformer(input_ids=ids, position_ids=pos,
+                                   attention_mask=mask).last_hidden_state  # (R, W, C)
         h = hidden[loss_mask]  # (N, C): only positions that predict a prompt token
         target = ids[:, 1:][loss_mask[:, :-1]]  # (N,)
         if vocab_ids is not None:  # softmax over the prompt vocabulary only (K << V)

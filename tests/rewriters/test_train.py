@@ -97,3 +97,34 @@ def test_unknown_pretrained_name_is_a_model_error(tmp_path, monkeypatch):
     cfg = TrainConfig(base_model=str(tmp_path / "no-such-gpt2"), steps=1)
     with pytest.raises(ModelError, match="cannot load"):
         train_rewriter(make_examples(30), LexicalScorer(), tmp_path / "x", cfg, progress=False)
+
+
+def test_packed_rows_give_the_hidden_states_of_unpacked_examples(tiny_rewriter):
+    """Packing is exact: each example's hidden states equal those of the example alone."""
+    import torch
+
+    from rewriters.train import encode_example, pack_examples
+
+    from ..conftest import make_examples
+
+    rows = [encode_example(tiny_rewriter, ex) for ex in make_examples(6)[:9]]
+    ids, pos, mask, loss_mask = pack_examples(rows, tiny_rewriter.end_id, row_width=64)
+    assert len(ids) < len(rows)  # some rows hold several examples
+    assert int(loss_mask.sum()) == sum(len(seq) - start for seq, start in rows)
+    model = tiny_rewriter.model
+    with torch.no_grad():
+        packed = model.transformer(input_ids=ids, position_ids=pos,
+                                   attention_mask=mask).last_hidden_state
+        for seq, _ in rows:
+            alone = model.transformer(input_ids=torch.tensor([seq])).last_hidden_state[0]
+            found = False
+            for r in range(len(ids)):
+                row = ids[r].tolist()
+                for at in range(len(row) - len(seq) + 1):
+                    if row[at : at + len(seq)] == seq and pos[r, at] == 0:
+                        assert torch.allclose(packed[r, at : at + len(seq)], alone, atol=1e-5)
+                        found = True
+                        break
+                if found:
+                    break
+            assert found
