@@ -95,6 +95,19 @@ def train(
         typer.echo(_round_line(r))
     typer.echo(f"model {result.version} saved to {result.model_dir} "
                f"(loss curve: {result.model_dir / 'loss_curve.png'})")
+    if "ctranslate2" in result.metrics:
+        typer.echo(f"CTranslate2 export for serving: {result.metrics['ctranslate2']}")
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    quantization: str = typer.Option("int8", help="int8 | int8_float32 | float32"),
+) -> None:
+    """Convert the trained rewriter to CTranslate2 (served by default when present)."""
+    from .jobs import export_job
+
+    typer.echo(f"CTranslate2 export: {export_job(_settings(ctx), quantization)}")
 
 
 def _round_line(r: dict[str, Any]) -> str:
@@ -117,20 +130,21 @@ def rewrite(
     decoding: Optional[str] = typer.Option(None, help="sample | greedy | beam"),
     seed: Optional[int] = typer.Option(None),
     model_dir: Optional[Path] = typer.Option(None, "--model", help="Rewriter directory."),
+    engine: Optional[str] = typer.Option(None, help="auto | torch | ctranslate2"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Generate prompts for QUERY that obey a command."""
     from rewriters.commands import Command
-    from rewriters.generate import load_rewriter
+    from rewriters.fast import load_engine
 
-    s = _settings(ctx)
+    s = _settings(ctx, **{"pipeline.engine": engine})
     g = s.generation
     default_len = g.image_length if task == "image" else g.template_length
     command = Command(task, length if length is not None else default_len,
                       relevance if relevance is not None else g.relevance)
     if not query.strip():
         raise UdrlError("query is empty; pass some search text")
-    rw = load_rewriter(model_dir or s.model_dir, device=s.device)
+    rw = load_engine(model_dir or s.model_dir, engine=s.pipeline.engine, device=s.device)
     outs = rw.rewrite_batch([(query, command)], n=n,
                             strict_length=g.strict_length if strict_length is None else strict_length,
                             decoding=decoding or g.decoding, temperature=g.temperature,

@@ -31,27 +31,19 @@ log = logging.getLogger(__name__)
 
 
 def load_engine(settings: Settings):
-    """The rewriter engine the settings ask for (``pipeline.engine``: auto | torch | ctranslate2).
+    """The rewriter engine the settings ask for (``pipeline.engine``: auto | torch | ctranslate2;
+    auto serves the CTranslate2 export when it is current, else PyTorch).
 
     Raises:
         ModelError: no trained rewriter in the workspace, or the engine cannot load it.
     """
-    from rewriters.generate import load_rewriter
+    from rewriters.fast import load_engine as load
 
     path = settings.model_dir
     if not path.is_dir():
         raise ModelError(f"no rewriter at {path}; train one with `udrl train`")
-    engine = settings.pipeline.engine
-    try:
-        from rewriters.fast import load_engine as load_fast
-    except ImportError:  # the fast engine is optional at import time
-        load_fast = None
-    if load_fast is not None:
-        return load_fast(path, engine=engine, device=settings.device,
-                         batch_size=settings.generation.batch_size)
-    if engine == "ctranslate2":
-        raise ModelError("the ctranslate2 engine is not available in this installation")
-    return load_rewriter(path, device=settings.device, batch_size=settings.generation.batch_size)
+    return load(path, engine=settings.pipeline.engine, device=settings.device,
+                batch_size=settings.generation.batch_size)
 
 
 def _image_side(settings: Settings):

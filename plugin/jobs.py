@@ -98,6 +98,7 @@ def _train_config(settings: Settings):
         batch_size=t.batch_size, lr=t.lr, warmup_steps=min(t.warmup_steps, t.steps),
         held_out=t.held_out, rounds=t.rounds, round_steps=t.round_steps,
         explore_per_round=t.explore_per_round, eval_commands=t.eval_commands, seed=t.seed,
+        progress_tokens=t.progress_tokens,
     )
 
 
@@ -106,8 +107,20 @@ def train_job(settings: Settings, progress: bool = True):
     from rewriters.train import train_rewriter
 
     loaded = read_examples(settings.data_path)
-    return train_rewriter(loaded.examples, make_scorer(settings), settings.model_dir,
-                          _train_config(settings), progress=progress)
+    result = train_rewriter(loaded.examples, make_scorer(settings), settings.model_dir,
+                            _train_config(settings), progress=progress)
+    if settings.train.export != "none":
+        result.metrics["ctranslate2"] = str(export_job(settings, settings.train.export))
+    return result
+
+
+def export_job(settings: Settings, quantization: str = "int8", force: bool = True) -> Path:
+    """Convert the workspace rewriter to CTranslate2 (what `pipeline.engine = auto` serves)."""
+    from rewriters.fast import export_ctranslate2
+
+    if not settings.model_dir.is_dir():
+        raise ModelError(f"no rewriter at {settings.model_dir}; train one with `udrl train`")
+    return export_ctranslate2(settings.model_dir, quantization=quantization, force=force)
 
 
 def train_intent_job(settings: Settings, progress: bool = True) -> dict[str, Any]:

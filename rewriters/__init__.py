@@ -17,6 +17,9 @@ _EXPORTS = {
     "run_distill": "distill", "DistillConfig": "distill",
     "TrainConfig": "train", "train_rewriter": "train",
     "Rewriter": "generate", "Rewrite": "generate", "load_rewriter": "generate",
+    "RewriterBase": "generate",
+    "FastRewriter": "fast", "export_ctranslate2": "fast", "load_fast_rewriter": "fast",
+    "load_engine": "fast",
     "IntentDetector": "intent", "load_intent_detector": "intent", "train_intent": "intent",
     "evaluate_rewriter": "evaluate",
 }

@@ -3,6 +3,11 @@
 A training example is ``<|task=image|><|len=12|><|rel=4|> cozy cabin<|prompt|> a cozy ...<|end|>``:
 the command tokens state the return the prompt *achieved* (upside-down RL relabelling), so at
 inference the caller states the return it *wants* and the model produces it.
+
+Models trained with progress tokens also write ``<|w=5|>``, ``<|w=10|>`` … after every fifth word
+of the prompt (``... cozy cabin in the snow<|w=5|> warm ...``): the model then only has to count
+the few words since its last progress token, instead of up to 40, to stop at the asked length.
+They are bookkeeping: decoding strips them, and word counts never include them.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ __all__ = [
     "RELEVANCE_BUCKETS",
     "PROMPT_TOKEN",
     "END_TOKEN",
+    "PROGRESS_EVERY",
+    "PROGRESS_TOKENS",
+    "progress_token",
     "Command",
     "command_tokens",
     "count_words",
@@ -30,6 +38,16 @@ LENGTH_MIN, LENGTH_MAX = 3, 40  # target length in words a caller may ask for
 RELEVANCE_BUCKETS = 5  # buckets 0..4, 4 = most relevant
 PROMPT_TOKEN = "<|prompt|>"  # separates the query from the generated prompt
 END_TOKEN = "<|end|>"  # ends a generated prompt
+PROGRESS_EVERY = 5  # a progress token follows every 5th word of a prompt (models that use them)
+
+
+def progress_token(words: int) -> str:
+    """The token a prompt carries after its ``words``-th word (a multiple of PROGRESS_EVERY)."""
+    return f"<|w={words}|>"
+
+
+PROGRESS_TOKENS: tuple[str, ...] = tuple(
+    progress_token(k) for k in range(PROGRESS_EVERY, LENGTH_MAX, PROGRESS_EVERY))
 
 
 def count_words(text: str) -> int:
@@ -85,4 +103,4 @@ def command_tokens() -> list[str]:
     toks = [f"<|task={t}|>" for t in TASKS]
     toks += [f"<|len={n}|>" for n in range(LENGTH_MIN, LENGTH_MAX + 1)]
     toks += [f"<|rel={b}|>" for b in range(RELEVANCE_BUCKETS)]
-    return toks + [PROMPT_TOKEN, END_TOKEN]
+    return toks + [PROMPT_TOKEN, END_TOKEN, *PROGRESS_TOKENS]

@@ -5,6 +5,11 @@ would repeat a 3-gram of the prompt, and (for models trained over a restricted o
 vocabulary) tokens the model never learnt to emit.
 ``strict_length`` adds a hard constraint: ``<|end|>`` is forbidden before the target word count
 and forced once it is reached. Every output is cleaned and validated.
+
+The command handling that does not depend on the engine (input encoding, request checks, token
+classes, the token budget, cleanup and validation) lives in :class:`RewriterBase`; ``Rewriter``
+runs it on PyTorch/transformers and ``rewriters.fast.FastRewriter`` on CTranslate2. torch is
+imported only by the PyTorch engine, so the CTranslate2 engine never loads it.
 """
 
 from __future__ import annotations
@@ -14,17 +19,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
-from .commands import END_TOKEN, LENGTH_MAX, PROMPT_TOKEN, Command, count_words
-from .errors import ConfigError
+from .commands import (END_TOKEN, LENGTH_MAX, PROGRESS_TOKENS, PROMPT_TOKEN, Command, count_words,
+                       progress_token)
+from .errors import ConfigError, ModelError
 from .model import RewriterMeta, load_model_dir
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "DECODINGS",
     "Rewrite",
+    "RewriterBase",
     "Rewriter",
+    "token_classes",
+    "restrict_output",
     "load_rewriter",
     "clip_token_count",
     "CLIP_CONTEXT",
@@ -34,6 +47,7 @@ log = logging.getLogger(__name__)
 
 DECODINGS = ("sample", "greedy", "beam")
 CLIP_CONTEXT = 77  # CLIP's text window, start and end tokens included
+NGRAM_BAN = 3  # a generated prompt never repeats one of its own n-grams of this size
 _MAX_TAIL_PIECES = 6  # sub-word pieces one word may take before it is closed
 
 
@@ -66,7 +80,9 @@ def _ban_repeated_trigrams(gen: torch.Tensor, scores: torch.Tensor) -> None:
     Small models fall into loops ("holiday sale holiday sale ..."); HF's no_repeat_ngram_size
     would also look at the input and so forbid copying a 3-word query into the prompt.
     """
-    if gen.shape[1] < 3:
+    import torch
+
+    if gen.shape[1] < NGRAM_BAN:  # the pair/triple logic below is written for NGRAM_BAN == 3
         return
     pairs = torch.stack([gen[:, :-2], gen[:, 1:-1]], dim=-1)  # (R, t-2, 2)
     match = (pairs == gen[:, None, -2:]).all(-1)  # (R, t-2): same two tokens as the last two
@@ -79,7 +95,9 @@ class _CommandLogits:
     """Logits processor enforcing the bans and, optionally, the exact target length."""
 
     def __init__(self, prompt_len: int, banned: torch.Tensor, word_start: torch.Tensor,
-                 end_id: int, targets: torch.Tensor | None, budget: int):
+                 end_id: int, targets: torch.Tensor | None, budget: int,
+                 progress: torch.Tensor | None = None):
+        self.progress = progress  # (V,) bool: progress tokens, banned once the target is reached
         self.prompt_len = prompt_len
         self.budget = budget  # max new tokens: the length must be reached within it
         self.banned = banned  # (V,) bool
@@ -88,6 +106,8 @@ class _CommandLogits:
         self.targets = targets  # (B,) target words per input, or None when not strict
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        import torch
+
         v = scores.shape[-1]
         scores = scores.masked_fill(self.banned[:v], float("-inf"))
         gen = input_ids[:, self.prompt_len :]  # (R, t) generated so far
@@ -112,6 +132,8 @@ class _CommandLogits:
         at = words >= targets
         ws = self.word_start[:v]
         scores[at.unsqueeze(1) & ws.unsqueeze(0)] = neg
+        if self.progress is not None:
+            scores[at.unsqueeze(1) & self.progress[:v].unsqueeze(0)] = neg
         left = self.budget - gen.shape[1]  # tokens still allowed, this one included
         # Start the next word when the current one has grown absurdly long, or when every
         # remaining token is needed for a word (plus one for <|end|>).
@@ -126,58 +148,91 @@ class _CommandLogits:
         return scores
 
 
-class Rewriter:
-    """Generates prompts that obey UDRL commands.
+def token_classes(tokenizer, command_tokens: Sequence[str], end_id: int,
+                  n_rows: int, allowed: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Classify every output row once: which tokens may never be emitted, which open a word.
 
     Args:
-        model, tokenizer, meta, output_vocab: as returned by ``load_model_dir``.
-        batch_size: inputs per forward batch in ``rewrite_batch``.
+        tokenizer: the model's tokenizer.
+        command_tokens: the model's command vocabulary (``RewriterMeta.command_tokens``).
+        end_id: id of ``<|end|>``, the one special token that may be emitted.
+        n_rows: rows of the output embedding (>= ``len(tokenizer)``; extra rows are padding).
+        allowed: special tokens the model may emit besides <|end|> (its progress tokens).
+    Returns:
+        (banned, word_start): two (n_rows,) bool arrays.
+    """
+    vocab = len(tokenizer)
+    texts = tokenizer.batch_decode([[i] for i in range(vocab)])
+    word_start = np.zeros(n_rows, dtype=bool)
+    banned = np.zeros(n_rows, dtype=bool)
+    special = set(tokenizer.all_special_ids) | set(tokenizer.convert_tokens_to_ids(command_tokens))
+    for i, text in enumerate(texts):
+        if i in special:
+            banned[i] = i != end_id and i not in allowed
+        elif not text.strip() or any(c.isspace() for c in text.strip()) or "\n" in text:
+            banned[i] = True  # whitespace runs and newlines: prompts are one line
+        else:
+            word_start[i] = text[0].isspace()
+    banned[vocab:] = True  # padding rows of the embedding
+    return banned, word_start
+
+
+def progress_token_ids(tokenizer, every: int) -> dict[int, int]:
+    """Words written -> id of the progress token that follows them; {} when ``every`` is 0."""
+    ids = {k: tokenizer.convert_tokens_to_ids(progress_token(k))
+           for k in range(every, LENGTH_MAX, every)} if every else {}
+    if any(not isinstance(i, int) or i == tokenizer.unk_token_id for i in ids.values()):
+        raise ModelError("the model was trained with progress tokens but its tokenizer lacks "
+                         "them; the model directory is damaged")
+    return ids
+
+
+def restrict_output(always_banned: np.ndarray, output_vocab: Sequence[int] | None,
+                    end_id: int) -> np.ndarray:
+    """``always_banned`` plus every token outside ``output_vocab`` (<|end|> stays allowed).
+
+    None lifts the restriction. Returns a new (n_rows,) bool array.
+    """
+    banned = always_banned.copy()
+    if output_vocab is not None:
+        allowed = np.zeros_like(banned)
+        allowed[np.asarray(list(output_vocab), dtype=np.int64)] = True
+        allowed[end_id] = True
+        banned |= ~allowed
+    return banned
+
+
+class RewriterBase:
+    """Command handling every generation engine shares; engines implement ``_generate``.
+
+    Encodes ``<command><query><|prompt|>``, checks requests, sizes the token budget, classifies
+    tokens (``_always_banned``, ``_word_start``) and cleans and validates every output, so two
+    engines given the same tokens return the same ``Rewrite``.
+
+    Args:
+        tokenizer, meta: as returned by ``load_model_dir``.
+        n_rows: rows of the model's output embedding.
+        n_positions: the model's context window in tokens.
+        batch_size: inputs per generation batch in ``rewrite_batch``.
     """
 
-    def __init__(self, model, tokenizer, meta: RewriterMeta,
-                 output_vocab: Sequence[int] | None = None, batch_size: int = 32):
-        self.model = model.eval()
+    def __init__(self, tokenizer, meta: RewriterMeta, n_rows: int, n_positions: int,
+                 batch_size: int = 32):
         self.tokenizer = tokenizer
         self.meta = meta
         self.batch_size = batch_size
+        self.n_positions = n_positions
         self.end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
         self.prompt_id = tokenizer.convert_tokens_to_ids(PROMPT_TOKEN)
-        self._token_classes()
-        self.set_output_vocab(output_vocab)
+        # words written -> id of the progress token that follows them (models trained with them)
+        self.progress_ids = progress_token_ids(tokenizer, meta.progress_every)
+        self._always_banned, self._word_start = token_classes(
+            tokenizer, meta.command_tokens, self.end_id, n_rows,
+            allowed=set(self.progress_ids.values()))
 
     @property
     def version(self) -> str:
         return self.meta.version
-
-    def _token_classes(self) -> None:
-        """Classify every token once: which open a word, which may never be emitted."""
-        n = self.model.get_output_embeddings().weight.shape[0]
-        vocab = len(self.tokenizer)
-        texts = self.tokenizer.batch_decode([[i] for i in range(vocab)])
-        word_start = torch.zeros(n, dtype=torch.bool)
-        banned = torch.zeros(n, dtype=torch.bool)
-        special = set(self.tokenizer.all_special_ids) | set(
-            self.tokenizer.convert_tokens_to_ids(self.meta.command_tokens)
-        )
-        for i, text in enumerate(texts):
-            if i in special:
-                banned[i] = i != self.end_id
-            elif not text.strip() or any(c.isspace() for c in text.strip()) or "\n" in text:
-                banned[i] = True  # whitespace runs and newlines: prompts are one line
-            else:
-                word_start[i] = text[0].isspace()
-        banned[vocab:] = True  # padding rows of the embedding
-        self._always_banned, self.word_start = banned, word_start
-
-    def set_output_vocab(self, output_vocab: Sequence[int] | None) -> None:
-        """Allow only ``output_vocab`` tokens (and <|end|>) to be emitted; None lifts the limit."""
-        banned = self._always_banned.clone()
-        if output_vocab is not None:
-            allowed = torch.zeros_like(banned)
-            allowed[torch.tensor(list(output_vocab), dtype=torch.long)] = True
-            allowed[self.end_id] = True
-            banned |= ~allowed
-        self.banned = banned
 
     def encode_input(self, query: str, command: Command) -> list[int]:
         """Token ids of ``<command><query><|prompt|>``, the model's input."""
@@ -210,10 +265,26 @@ class Rewriter:
             decoding: "sample", "greedy" or "beam".
             temperature, top_p: sampling settings.
             num_beams: beam width (>= n) for beam search.
-            seed: seed torch's generator for reproducible sampling.
+            seed: seed the engine's generator for reproducible sampling.
         Returns:
             One list of ``n`` Rewrites per item, in input order.
         """
+        clean_items = self._check_request(items, n, decoding)
+        if seed is not None:
+            self._seed(seed)
+        from tqdm import tqdm
+
+        out: list[list[Rewrite]] = []
+        starts = range(0, len(clean_items), self.batch_size)
+        for s in tqdm(starts, desc="rewriting", unit="batch", disable=not progress):
+            chunk = clean_items[s : s + self.batch_size]
+            out.extend(self._generate(chunk, n, strict_length, decoding, temperature, top_p,
+                                      max(num_beams, n)))
+        return out
+
+    @staticmethod
+    def _check_request(items, n: int, decoding: str) -> list[tuple[str, Command]]:
+        """Validate the options and return the items with whitespace-normalised queries."""
         if decoding not in DECODINGS:
             raise ConfigError(f"unknown decoding {decoding!r}; allowed: {', '.join(DECODINGS)}")
         if n < 1:
@@ -226,68 +297,53 @@ class Rewriter:
             if not q:
                 raise ConfigError("query is empty; pass some search text")
             clean_items.append((q, command))
-        if seed is not None:
-            torch.manual_seed(seed)
-        from tqdm import tqdm
+        return clean_items
 
-        out: list[list[Rewrite]] = []
-        starts = range(0, len(clean_items), self.batch_size)
-        for s in tqdm(starts, desc="rewriting", unit="batch", disable=not progress):
-            chunk = clean_items[s : s + self.batch_size]
-            out.extend(self._generate(chunk, n, strict_length, decoding, temperature, top_p,
-                                      max(num_beams, n)))
-        return out
+    def _seed(self, seed: int) -> None:
+        raise NotImplementedError
 
-    @torch.inference_mode()
     def _generate(self, chunk, n, strict, decoding, temperature, top_p, num_beams):
-        from transformers import LogitsProcessorList
+        """One list of ``n`` Rewrites per (query, command) of ``chunk``."""
+        raise NotImplementedError
 
+    def _plan(self, chunk, strict: bool) -> tuple[list[list[int]], int, int]:
+        """(encoded inputs, widest input, token budget) for one batch; checks the window.
+
+        The budget (max new tokens, <|end|> included) is the same for every input of the batch.
+        """
         encoded = [self.encode_input(q, c) for q, c in chunk]
         width = max(len(e) for e in encoded)
-        limit = self.model.config.n_positions - width
+        limit = self.n_positions - width
         if limit < 4:
             raise ConfigError(
                 f"query is too long: {width} tokens leave no room in the model's "
-                f"{self.model.config.n_positions}-token window"
+                f"{self.n_positions}-token window"
             )
-        ids = torch.full((len(encoded), width), self.end_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, e in enumerate(encoded):  # left padding: generation continues on the right
-            ids[i, width - len(e) :] = torch.tensor(e)
-            mask[i, width - len(e) :] = 1
-        budget = min(limit, 3 * LENGTH_MAX + 8)
-        targets = torch.tensor([c.length for _, c in chunk]) if strict else None
-        if strict and budget < int(targets.max()) + 1:
-            raise ConfigError(
-                f"query is too long: {width} tokens leave {budget} for a prompt of "
-                f"{int(targets.max())} words in the model's {self.model.config.n_positions}-token "
-                "window; shorten the query or ask for fewer words"
-            )
-        proc = _CommandLogits(width, self.banned, self.word_start, self.end_id, targets, budget)
-        gen_kw = dict(
-            max_new_tokens=budget, eos_token_id=self.end_id,
-            pad_token_id=self.end_id, logits_processor=LogitsProcessorList([proc]),
-            num_return_sequences=n,
-        )
-        if decoding == "sample":
-            gen_kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-        elif decoding == "beam":
-            gen_kw.update(do_sample=False, num_beams=num_beams, early_stopping=True)
-        else:
-            gen_kw.update(do_sample=False)
-        seqs = self.model.generate(input_ids=ids, attention_mask=mask, **gen_kw)[:, width:]
-        results = []
-        for i, (_, command) in enumerate(chunk):
-            results.append([self._finish(seqs[i * n + j], command) for j in range(n)])
-        return results
+        budget = min(limit, 3 * LENGTH_MAX + 8 + len(self.progress_ids))
+        if strict:
+            longest = max(c.length for _, c in chunk)
+            if budget < longest + 1:
+                raise ConfigError(
+                    f"query is too long: {width} tokens leave {budget} for a prompt of "
+                    f"{longest} words in the model's {self.n_positions}-token window; "
+                    "shorten the query or ask for fewer words"
+                )
+        return encoded, width, budget
 
-    def _finish(self, ids: torch.Tensor, command: Command) -> Rewrite:
-        ids = ids.tolist()
+    def _clip_tokens(self, text: str) -> int:
+        """Tokens ``text`` takes in CLIP's window (engines may swap in a lighter counter)."""
+        return clip_token_count(text)
+
+    def _finish(self, ids: Sequence[int], command: Command) -> Rewrite:
+        """Cut at <|end|>, decode, clean and validate one generated token sequence."""
+        ids = list(ids)
         ended = self.end_id in ids
         if ended:
             ids = ids[: ids.index(self.end_id)]
         raw = self.tokenizer.decode(ids, skip_special_tokens=False,
                                    clean_up_tokenization_spaces=False)  # keep " ," a word
+        for t in PROGRESS_TOKENS:  # bookkeeping the model writes between words, never text
+            raw = raw.replace(t, "")
         problems: list[str] = []
         if any(t in raw for t in self.meta.command_tokens):
             problems.append("leaked command token")
@@ -299,7 +355,7 @@ class Rewriter:
         if not text:
             problems.append("empty output")
         if command.task == "image" and text:
-            while clip_token_count(text) > CLIP_CONTEXT and count_words(text) > 1:
+            while self._clip_tokens(text) > CLIP_CONTEXT and count_words(text) > 1:
                 text = text.rsplit(" ", 1)[0]
                 if "truncated to CLIP's 77-token window" not in problems:
                     problems.append("truncated to CLIP's 77-token window")
@@ -307,7 +363,73 @@ class Rewriter:
         return Rewrite(text, count_words(text), command, not fatal, tuple(problems))
 
 
+class Rewriter(RewriterBase):
+    """Generates prompts that obey UDRL commands, on PyTorch (training, fallback, any device).
+
+    Args:
+        model, tokenizer, meta, output_vocab: as returned by ``load_model_dir``.
+        batch_size: inputs per forward batch in ``rewrite_batch``.
+    """
+
+    def __init__(self, model, tokenizer, meta: RewriterMeta,
+                 output_vocab: Sequence[int] | None = None, batch_size: int = 32):
+        import torch
+
+        self.model = model.eval()
+        super().__init__(tokenizer, meta, n_rows=model.get_output_embeddings().weight.shape[0],
+                         n_positions=model.config.n_positions, batch_size=batch_size)
+        self.word_start = torch.from_numpy(self._word_start)  # (V,) bool
+        self.set_output_vocab(output_vocab)
+
+    def set_output_vocab(self, output_vocab: Sequence[int] | None) -> None:
+        """Allow only ``output_vocab`` tokens (and <|end|>) to be emitted; None lifts the limit."""
+        import torch
+
+        self.banned = torch.from_numpy(restrict_output(self._always_banned, output_vocab,
+                                                       self.end_id))  # (V,) bool
+
+    def _seed(self, seed: int) -> None:
+        import torch
+
+        torch.manual_seed(seed)
+
+    def _generate(self, chunk, n, strict, decoding, temperature, top_p, num_beams):
+        import torch
+        from transformers import LogitsProcessorList
+
+        encoded, width, budget = self._plan(chunk, strict)
+        ids = torch.full((len(encoded), width), self.end_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, e in enumerate(encoded):  # left padding: generation continues on the right
+            ids[i, width - len(e) :] = torch.tensor(e)
+            mask[i, width - len(e) :] = 1
+        targets = torch.tensor([c.length for _, c in chunk]) if strict else None
+        progress = None
+        if self.progress_ids:
+            progress = torch.zeros_like(self.word_start)
+            progress[list(self.progress_ids.values())] = True
+        proc = _CommandLogits(width, self.banned, self.word_start, self.end_id, targets, budget,
+                              progress)
+        gen_kw = dict(
+            max_new_tokens=budget, eos_token_id=self.end_id,
+            pad_token_id=self.end_id, logits_processor=LogitsProcessorList([proc]),
+            num_return_sequences=n,
+        )
+        if decoding == "sample":
+            gen_kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        elif decoding == "beam":
+            gen_kw.update(do_sample=False, num_beams=num_beams, early_stopping=True)
+        else:
+            gen_kw.update(do_sample=False)
+        with torch.inference_mode():
+            seqs = self.model.generate(input_ids=ids, attention_mask=mask, **gen_kw)[:, width:]
+        results = []
+        for i, (_, command) in enumerate(chunk):
+            results.append([self._finish(seqs[i * n + j].tolist(), command) for j in range(n)])
+        return results
+
+
 def load_rewriter(path: str | Path, device: str = "cpu", batch_size: int = 32) -> Rewriter:
-    """Load a trained rewriter directory (see ``rewriters.model``)."""
+    """Load a trained rewriter directory (see ``rewriters.model``) on PyTorch."""
     model, tokenizer, meta, output_vocab = load_model_dir(path, device=device)
     return Rewriter(model, tokenizer, meta, output_vocab, batch_size=batch_size)

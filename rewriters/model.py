@@ -78,6 +78,7 @@ class RewriterMeta:
     scorer: str  # relevance scorer used for relabelling ("minilm", "lexical")
     train_config: dict[str, Any] = field(default_factory=dict)
     command_tokens: list[str] = field(default_factory=command_tokens)
+    progress_every: int = 0  # words between progress tokens in the model's prompts; 0: none
     format_version: int = FORMAT_VERSION
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
@@ -171,7 +172,8 @@ def load_model_dir(path: str | Path, device: str = "cpu"):
     if tokenizer is None:
         log.warning("no tokenizer saved in %s; using the builtin GPT-2 tokenizer", p)
         tokenizer = load_tokenizer(BUILTIN_TOKENIZER)
-    missing = [t for t in meta.command_tokens if t not in tokenizer.get_vocab()]
+    vocab = tokenizer.get_vocab()  # builds a 50k dict: once, not once per token
+    missing = [t for t in meta.command_tokens if t not in vocab]
     if missing:
         raise ModelError(f"tokenizer in {p} lacks command tokens {missing[:3]}")
     model = GPT2LMHeadModel.from_pretrained(p).to(device).eval()

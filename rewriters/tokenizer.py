@@ -67,7 +67,8 @@ def load_tokenizer(source: str = BUILTIN_TOKENIZER):
                 f"cannot load a GPT-2 tokenizer from {source!r} ({e.__class__.__name__}); "
                 "pass a local model directory, or 'builtin' offline"
             ) from e
-    missing = [t for t in command_tokens() if t not in tok.get_vocab()]
+    vocab = tok.get_vocab()  # builds a 50k dict: once, not once per token
+    missing = [t for t in command_tokens() if t not in vocab]
     if missing:
         tok.add_special_tokens({"additional_special_tokens": missing})
     tok.pad_token = END_TOKEN

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .commands import LENGTH_MAX, LENGTH_MIN, Command
+from .commands import PROGRESS_EVERY, LENGTH_MAX, LENGTH_MIN, Command
 from .data import Example, split_by_query, write_examples
 from .errors import ConfigError, DataError
 from .evaluate import evaluate_rewriter, held_out_commands
@@ -57,6 +57,7 @@ class TrainConfig:
     explore_per_round: int = 512  # exploratory commands sampled per round; 16..100k
     top_share: float = 0.25  # "best part" of the return distribution explored; 0.05..0.5
     eval_commands: int = 200  # held-out commands measured after each round; 20..10k
+    progress_tokens: bool = True  # write <|w=5|>, <|w=10|>, ... after every 5th prompt word
     seed: int = 0  # seeds data split, sampling and initialisation
 
     def __post_init__(self) -> None:
@@ -94,11 +95,25 @@ class TrainResult:
 
 
 def encode_example(rewriter: Rewriter, ex: Example) -> tuple[list[int], int]:
-    """Token ids of a training example and the index of its first prompt token."""
+    """Token ids of a training example and the index of its first prompt token.
+
+    With ``rewriter.meta.progress_every`` = N > 0, a progress token goes after every N-th word
+    (before the token that opens the next word; none after the last word).
+    """
     cmd = Command(ex.task, ex.words, ex.bucket if ex.bucket is not None else 0)
     head = rewriter.encode_input(ex.query, cmd)
-    body = rewriter.tokenizer.encode(" " + ex.prompt) + [rewriter.end_id]
-    return head + body, len(head)
+    body = rewriter.tokenizer.encode(" " + " ".join(ex.prompt.split()))
+    every = rewriter.meta.progress_every
+    if every:
+        marked, words, starts = [], 0, rewriter._word_start  # (V,) bool numpy
+        for t in body:
+            if starts[t]:
+                if words and words % every == 0:
+                    marked.append(rewriter.progress_ids[words])
+                words += 1
+            marked.append(t)
+        body = marked
+    return head + body + [rewriter.end_id], len(head)
 
 
 def _usable(examples: list[Example]) -> tuple[list[Example], int]:
@@ -273,7 +288,8 @@ def train_rewriter(
     meta = RewriterMeta(version="unsaved", base_model=cfg.base_model,
                         model_config=asdict(cfg.model) if cfg.base_model == SCRATCH
                         else {"n_positions": model.config.n_positions},
-                        bucket_edges=edges, scorer=scorer.name, train_config=asdict(cfg))
+                        bucket_edges=edges, scorer=scorer.name, train_config=asdict(cfg),
+                        progress_every=PROGRESS_EVERY if cfg.progress_tokens else 0)
     rewriter = Rewriter(model, tokenizer, meta)
     n_pos = model.config.n_positions
     encoded, too_long = [], 0

@@ -40,7 +40,7 @@ def test_task_override_and_commands(make_pipeline):
 def test_fallback_chain_retry_then_raw(make_pipeline):
     # first call (greedy) gives a repeated word, the sampled retry a good prompt
     script = lambda q, c, call: "sauce sauce pasta" if call == 0 else "fresh pasta with basil"
-    pipe = make_pipeline(FakeRewriter(script), pipeline={"retries": 1})
+    pipe = make_pipeline(FakeRewriter(script), pipeline={"retries": 1, "decoding": "greedy"})
     res = pipe.rewrite("pasta", task="image", length=4)
     p = res.prompts[0]
     assert p.path == "retry" and p.attempts == 2 and p.prompt == "fresh pasta with basil"

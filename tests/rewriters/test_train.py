@@ -128,3 +128,28 @@ def test_packed_rows_give_the_hidden_states_of_unpacked_examples(tiny_rewriter):
                 if found:
                     break
             assert found
+
+
+def test_progress_tokens_follow_every_fifth_word(tiny_model_dir):
+    """Training targets carry <|w=5|>, <|w=10|> ... between words; decoding strips them."""
+    from dataclasses import replace
+
+    from rewriters.commands import Command
+    from rewriters.data import Example
+    from rewriters.generate import load_rewriter
+    from rewriters.train import encode_example
+
+    rw = load_rewriter(tiny_model_dir)
+    rw_marked = type(rw)(rw.model, rw.tokenizer, replace(rw.meta, progress_every=5))
+    words = "a1 b2, c3-x d4 e5 f6 g7 h8 i9 j10 k11".split()
+    ex = Example.make("q", "image", " ".join(words), "test", "image")
+    seq, start = encode_example(rw_marked, ex)
+    body = seq[start:]
+    text = rw.tokenizer.decode(body, skip_special_tokens=False)
+    assert text == " a1 b2, c3-x d4 e5<|w=5|> f6 g7 h8 i9 j10<|w=10|> k11<|end|>"
+    plain, _ = encode_example(rw, ex)
+    assert len(seq) == len(plain) + 2  # the model without progress tokens gets none
+    out = rw_marked._finish(body, Command("image", 11))
+    assert out.prompt == " ".join(words) and out.words == 11 and out.valid
+    ids = list(rw_marked.progress_ids.values())
+    assert not rw_marked._always_banned[ids].any() and rw._always_banned[ids].all()

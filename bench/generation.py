@@ -1,0 +1,275 @@
+"""Benchmark generation: the CTranslate2 int8 engine against plain transformers ``generate``.
+
+A random-weight rewriter of the GPT-2 small shape (12 layers, width 768, 124M parameters, the
+project's tokenizer) is saved to a temporary directory and exported to CTranslate2 int8. Each
+engine then runs in its own child process, so the memory it reports is its own:
+
+* ``ctranslate2``: ``load_fast_rewriter`` (int8 weights, int8 x float32 compute, never imports
+  torch), then the raw ``Generator.generate_batch`` and the served ``FastRewriter.rewrite_batch``;
+* ``transformers``: ``load_rewriter`` (float32), then plain ``model.generate`` and the PyTorch
+  ``Rewriter.rewrite_batch``.
+
+Per batch size (1, 8, 32 inputs: command tokens, a query of 1-9 words, ``<|prompt|>``):
+
+* ``engine``: greedy, exactly ``new_tokens`` new tokens per input (``<|end|>`` held off with
+  ``min_length`` / ``min_new_tokens``); tokens/s = inputs x new tokens / wall seconds, median
+  of ``timed_runs`` runs after one warm-up run;
+* ``rewriter``: the served path (bans, 3-gram ban, cleanup), greedy template prompts, one timed
+  run; random weights rarely pick ``<|end|>``, so prompts run to the 128-token budget;
+  generated tokens are counted up to ``<|end|>``;
+* ``memory``: peak resident MB (``VmHWM``) after loading, then per batch size (the peak is
+  reset before each size; batch 32 x ~140 positions holds a ~330 MB float32 KV cache).
+
+ratio = ctranslate2 / transformers. Targets (2-core CPU): >= 200 tokens/s at batch 1,
+>= 1,000 tokens/s under batching, <= 500 MB resident for the rewriter.
+
+Run: ``python -m bench.generation [--quick]`` prints the result as JSON (``--quick``: the tiny
+test model, batches 1 and 8, 16 new tokens).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repo root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+__all__ = ["run"]
+
+ROOT = Path(__file__).resolve().parents[1]
+QUERIES = ("cabin", "holiday sale", "cozy cabin in the snow", "minimal poster for a jazz night",
+           "watercolor fox", "birthday party invitation with balloons and confetti",
+           "neon city street at night in the rain", "menu", "bold modern flyer for a summer "
+           "sale")  # 1-9 words: inputs of different lengths in one batch
+
+
+def _items(batch: int):
+    from rewriters.commands import Command
+
+    return [(QUERIES[i % len(QUERIES)], Command("template", 10 + i % 20, 4)) for i in range(batch)]
+
+
+def _peak_mb() -> float:
+    """Peak resident memory of this process in MB (since the last ``_reset_peak``)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _reset_peak() -> None:
+    """Restart the peak at the current resident size (Linux: clear_refs 5); else a no-op."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def _timed(fn, reps: int) -> float:
+    """Median wall seconds of ``reps`` calls."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _count_generated(rw, counts: list[int]) -> None:
+    """Record how many tokens each prompt generated (up to and with <|end|>): bench only."""
+    finish = rw._finish
+
+    def counting(ids, command):
+        ids = list(ids)
+        counts.append(ids.index(rw.end_id) + 1 if rw.end_id in ids else len(ids))
+        return finish(ids, command)
+
+    rw._finish = counting
+
+
+def _child(engine: str, model_dir: str, batches: list[int], new: int, reps: int,
+           threads: int) -> dict[str, Any]:
+    """Load one engine, time raw and served generation, report memory. Runs in a subprocess."""
+    from rewriters.commands import END_TOKEN
+
+    t0 = time.perf_counter()
+    if engine == "ctranslate2":
+        from rewriters.fast import load_fast_rewriter
+
+        rw = load_fast_rewriter(model_dir, intra_threads=threads, inter_threads=1,
+                                fallback=False)
+        info = {"compute_type": rw.generator.compute_type, "intra_threads": threads}
+
+        def raw(items):
+            starts = [rw.tokenizer.convert_ids_to_tokens(rw.encode_input(q, c)) for q, c in items]
+            res = rw.generator.generate_batch(starts, max_length=new, min_length=new,
+                                              sampling_topk=1, end_token=END_TOKEN,
+                                              include_prompt_in_result=False)
+            return sum(len(r.sequences_ids[0]) for r in res)
+    else:
+        import torch
+
+        from rewriters.generate import load_rewriter
+
+        torch.set_num_threads(threads)
+        rw = load_rewriter(model_dir)
+        info = {"dtype": str(rw.model.dtype).replace("torch.", ""), "torch_threads": threads}
+
+        def raw(items):
+            enc = [rw.encode_input(q, c) for q, c in items]
+            width = max(len(e) for e in enc)
+            ids = torch.full((len(enc), width), rw.end_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for i, e in enumerate(enc):  # left padding, as the Rewriter does
+                ids[i, width - len(e):] = torch.tensor(e)
+                mask[i, width - len(e):] = 1
+            with torch.inference_mode():
+                out = rw.model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                        max_new_tokens=new, min_new_tokens=new,
+                                        eos_token_id=rw.end_id, pad_token_id=rw.end_id)
+            return (out.shape[1] - width) * len(enc)
+    info["load_s"] = round(time.perf_counter() - t0, 2)
+    memory = {"after_load_mb": _peak_mb()}
+
+    engine_rows, rewriter_rows = {}, {}
+    counts: list[int] = []
+    _count_generated(rw, counts)
+    for b in batches:
+        _reset_peak()
+        items = _items(b)
+        tokens = raw(items)  # also the warm-up of the served path below
+        assert tokens == b * new, (tokens, b * new)  # exactly `new` tokens per input
+        sec = _timed(lambda: raw(items), reps)
+        engine_rows[f"batch{b}"] = {"tokens_per_s": round(tokens / sec, 1),
+                                    "seconds": round(sec, 3)}
+        counts.clear()
+        t0 = time.perf_counter()
+        outs = rw.rewrite_batch(items, decoding="greedy")
+        sec = time.perf_counter() - t0
+        assert len(outs) == b and len(counts) == b
+        rewriter_rows[f"batch{b}"] = {"tokens_per_s": round(sum(counts) / sec, 1),
+                                      "prompts_per_s": round(b / sec, 2),
+                                      "mean_new_tokens": round(sum(counts) / b, 1)}
+        memory[f"peak_mb_batch{b}"] = _peak_mb()
+    return {"engine": engine_rows, "rewriter": rewriter_rows, "settings": info,
+            "memory": memory, "torch_imported": "torch" in sys.modules}
+
+
+def _run_child(engine: str, model_dir: Path, batches: list[int], new: int, reps: int,
+               threads: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.generation", "--child", engine, "--model", str(model_dir),
+           "--batches", ",".join(map(str, batches)), "--new", str(new), "--reps", str(reps),
+           "--threads", str(threads)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{engine} child failed: {done.stderr.strip()[-1500:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _build(model_dir: Path, preset: str) -> dict[str, Any]:
+    """Save a random-weight rewriter of ``preset`` shape and export it to CTranslate2 int8."""
+    import torch
+
+    from rewriters.fast import export_ctranslate2
+    from rewriters.model import MODEL_PRESETS, RewriterMeta, build_model, save_model_dir
+    from rewriters.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer()
+    cfg = MODEL_PRESETS[preset]
+    model = build_model("scratch", tokenizer, cfg)
+    params = sum(p.numel() for p in model.parameters())
+    meta = RewriterMeta(version="unsaved", base_model="scratch", model_config=vars(cfg),
+                        bucket_edges=[0.1, 0.2, 0.3, 0.4], scorer="lexical")
+    save_model_dir(model_dir, model, tokenizer, meta)
+    del model
+    t0 = time.perf_counter()
+    out = export_ctranslate2(model_dir, quantization="int8")
+    export_s = time.perf_counter() - t0
+    size = sum(f.stat().st_size for f in out.iterdir())
+    return {"preset": preset, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd,
+            "parameters_m": round(params / 1e6, 1), "vocab": len(tokenizer),
+            "export_s": round(export_s, 1), "ctranslate2_dir_mb": round(size / 2**20, 1),
+            "float32_weights_mb": round((model_dir / "model.safetensors").stat().st_size
+                                        / 2**20, 1)}
+
+
+def run(quick: bool = False) -> dict:
+    """Build, export, then time both engines in child processes.
+
+    Args:
+        quick: the tiny test model, batches 1 and 8, 16 new tokens (a smoke run).
+    Returns:
+        model, settings, per-engine tokens/s and memory, ratios and whether the targets hold.
+    """
+    import ctranslate2
+    import transformers
+
+    preset, batches, new, reps = ("tiny", [1, 8], 16, 1) if quick else ("gpt2", [1, 8, 32], 48, 2)
+    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
+        model_dir = Path(tmp) / "rewriter"
+        model = _build(model_dir, preset)
+        engines = {e: _run_child(e, model_dir, batches, new, reps, threads)
+                   for e in ("ctranslate2", "transformers")}
+    ct2, hf = engines["ctranslate2"], engines["transformers"]
+    ratio = {kind: {b: round(ct2[kind][b]["tokens_per_s"] / hf[kind][b]["tokens_per_s"], 2)
+                    for b in ct2[kind]} for kind in ("engine", "rewriter")}
+    best_batched = max(v["tokens_per_s"] for b, v in ct2["engine"].items() if b != "batch1")
+    peaks = {k.removeprefix("peak_mb_"): v for k, v in ct2["memory"].items()
+             if k.startswith("peak_mb_")}
+    return {
+        "quick": quick,
+        "model": model,
+        "new_tokens": new,
+        "timed_runs": reps,
+        "decoding": "greedy",
+        "threads": threads,
+        "versions": {"ctranslate2": ctranslate2.__version__,
+                     "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+        "ctranslate2": ct2,
+        "transformers": hf,
+        "ratio": ratio,
+        "targets_met": None if quick else {  # the targets are for the GPT-2 small shape
+            "batch1_200_tokens_per_s": ct2["engine"]["batch1"]["tokens_per_s"] >= 200,
+            "batched_1000_tokens_per_s": best_batched >= 1000,
+            "rewriter_500_mb": {b: v <= 500 for b, v in peaks.items()},
+        },
+    }
+
+
+def _main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny model, batches 1 and 8")
+    ap.add_argument("--child", choices=("ctranslate2", "transformers"), help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--batches", default="1", help=argparse.SUPPRESS)
+    ap.add_argument("--new", type=int, default=16, help=argparse.SUPPRESS)
+    ap.add_argument("--reps", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        batches = [int(b) for b in args.batches.split(",")]
+        result = _child(args.child, args.model, batches, args.new, args.reps, args.threads)
+        print(json.dumps(result))
+    else:
+        print(json.dumps(run(quick=args.quick), indent=2))
+
+
+if __name__ == "__main__":
+    _main()
