@@ -25,7 +25,7 @@ demo: $(STAMP)
 	$(UDRL) distill
 	$(UDRL) train
 	$(UDRL) train-intent
-	$(UDRL) eval-rewriter --commands 150
+	$(UDRL) eval-rewriter --commands 100
 	$(UDRL) rewrite-batch plugin/presets/head_queries.txt
 	$(UDRL) demo
 
