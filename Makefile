@@ -19,7 +19,7 @@ setup: $(STAMP)
 ## demo: offline end to end — sample catalogue and both indexes, builtin-teacher distillation,
 ## UDRL training, intent model, evaluation, precomputed head rewrites, then a table of queries.
 demo: $(STAMP)
-	$(UDRL) catalog $(DEMO_WS)/catalog --images 240 --templates 400
+	$(UDRL) catalog $(DEMO_WS)/catalog --images 160 --templates 400
 	$(UDRL) index images $(DEMO_WS)/catalog/images.jsonl
 	$(UDRL) index templates $(DEMO_WS)/catalog/templates.jsonl
 	$(UDRL) distill
