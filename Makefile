@@ -10,7 +10,6 @@ UDRL    := $(BIN)/udrl --config plugin/presets/demo.toml --workspace $(DEMO_WS)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
