@@ -1,3 +1,6 @@
-"""The udrl-search plugin: settings, batch jobs, CLI (and, next, the pipeline and service)."""
+"""The udrl-search plugin: pipeline, HTTP service, Python hook, offline jobs, CLI, settings."""
 
-__all__ = ["config", "jobs", "cli", "errors"]
+__all__ = [
+    "batching", "cli", "cli_serving", "config", "demo", "errors", "fusion", "hook", "jobs",
+    "offline", "pipeline", "retrieval_eval", "rewrite", "sample_catalog", "service", "trec",
+]
