@@ -63,8 +63,7 @@ from .generate import (
     restrict_output,
     token_classes,
 )
-from .model import FORMAT_VERSION, RewriterMeta
-from .tokenizer import BUILTIN_TOKENIZER, load_tokenizer
+from .model import RewriterMeta, read_model_dir
 
 __all__ = [
     "ENGINES",
@@ -96,38 +95,7 @@ def _banned_digest(banned: np.ndarray) -> str:
     return hashlib.sha256(ids.tobytes()).hexdigest()[:16]
 
 
-def _read_model_dir(path: str | Path) -> tuple[Path, RewriterMeta, Any, list[int] | None, dict]:
-    """(dir, meta, tokenizer, output_vocab, HF config) of a model directory, without weights.
-
-    The same checks as ``load_model_dir`` minus the weights, so that torch is never loaded.
-    """
-    p = Path(path)
-    if not p.is_dir():
-        raise ModelError(f"model directory {p} does not exist; train one with `udrl train`")
-    for name in ("udrl.json", "config.json"):
-        if not (p / name).is_file():
-            raise ModelError(f"model directory {p} is incomplete: {name} is missing")
-    try:
-        meta = RewriterMeta(**json.loads((p / "udrl.json").read_text()))
-        hf_config = json.loads((p / "config.json").read_text())
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ModelError(f"{p} does not describe a rewriter: {e}") from e
-    if meta.format_version != FORMAT_VERSION:
-        raise ModelError(
-            f"model format {meta.format_version} in {p} is not supported (expected "
-            f"{FORMAT_VERSION}); retrain with this version of udrl-search"
-        )
-    has_tok = (p / "tokenizer_config.json").exists()
-    if not has_tok:
-        log.warning("no tokenizer saved in %s; using the builtin GPT-2 tokenizer", p)
-    tokenizer = load_tokenizer(str(p) if has_tok else BUILTIN_TOKENIZER)
-    vocab = tokenizer.get_vocab()  # builds a 50k dict: once, not per token
-    missing = [t for t in meta.command_tokens if t not in vocab]
-    if missing:
-        raise ModelError(f"tokenizer in {p} lacks command tokens {missing[:3]}")
-    vocab_file = p / "output_vocab.json"
-    output_vocab = json.loads(vocab_file.read_text()) if vocab_file.exists() else None
-    return p, meta, tokenizer, output_vocab, hf_config
+_read_model_dir = read_model_dir  # (dir, meta, tokenizer, output_vocab, HF config)
 
 
 def _model_bans(meta: RewriterMeta, tokenizer, output_vocab, n_rows: int) -> np.ndarray:

@@ -33,6 +33,7 @@ __all__ = [
     "build_model",
     "save_model_dir",
     "load_model_dir",
+    "read_model_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -148,19 +149,21 @@ def save_model_dir(
     return meta
 
 
-def load_model_dir(path: str | Path, device: str = "cpu"):
-    """Load (model, tokenizer, meta, output_vocab) from a directory written by save_model_dir."""
-    from transformers import GPT2LMHeadModel
+def read_model_dir(path: str | Path) -> tuple[Path, RewriterMeta, Any, list[int] | None, dict]:
+    """(dir, meta, tokenizer, output_vocab, HF config) of a model directory, without weights.
 
+    Every check of ``load_model_dir`` except the weights, so engines that do not use torch
+    (the CTranslate2 one) can read a model directory without importing it.
+    """
     p = Path(path)
     if not p.is_dir():
         raise ModelError(f"model directory {p} does not exist; train one with `udrl train`")
-    for name in ("udrl.json", "config.json", "model.safetensors"):
+    for name in ("udrl.json", "config.json"):
         if not (p / name).is_file():
             raise ModelError(f"model directory {p} is incomplete: {name} is missing")
     try:
-        raw = json.loads((p / "udrl.json").read_text())
-        meta = RewriterMeta(**raw)
+        meta = RewriterMeta(**json.loads((p / "udrl.json").read_text()))
+        hf_config = json.loads((p / "config.json").read_text())
     except (json.JSONDecodeError, TypeError) as e:
         raise ModelError(f"{p / 'udrl.json'} is not a valid rewriter description: {e}") from e
     if meta.format_version != FORMAT_VERSION:
@@ -168,17 +171,27 @@ def load_model_dir(path: str | Path, device: str = "cpu"):
             f"model format {meta.format_version} in {p} is not supported (expected "
             f"{FORMAT_VERSION}); retrain with this version of udrl-search"
         )
-    tokenizer = load_tokenizer(str(p)) if (p / "tokenizer_config.json").exists() else None
-    if tokenizer is None:
+    has_tok = (p / "tokenizer_config.json").exists()
+    if not has_tok:
         log.warning("no tokenizer saved in %s; using the builtin GPT-2 tokenizer", p)
-        tokenizer = load_tokenizer(BUILTIN_TOKENIZER)
+    tokenizer = load_tokenizer(str(p) if has_tok else BUILTIN_TOKENIZER)
     vocab = tokenizer.get_vocab()  # builds a 50k dict: once, not once per token
     missing = [t for t in meta.command_tokens if t not in vocab]
     if missing:
         raise ModelError(f"tokenizer in {p} lacks command tokens {missing[:3]}")
+    vocab_file = p / "output_vocab.json"
+    output_vocab = json.loads(vocab_file.read_text()) if vocab_file.exists() else None
+    return p, meta, tokenizer, output_vocab, hf_config
+
+
+def load_model_dir(path: str | Path, device: str = "cpu"):
+    """Load (model, tokenizer, meta, output_vocab) from a directory written by save_model_dir."""
+    from transformers import GPT2LMHeadModel
+
+    p, meta, tokenizer, output_vocab, _ = read_model_dir(path)
+    if not (p / "model.safetensors").is_file():
+        raise ModelError(f"model directory {p} is incomplete: model.safetensors is missing")
     model = GPT2LMHeadModel.from_pretrained(p).to(device).eval()
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         raise ModelError(f"model in {p} has fewer embeddings than its tokenizer has tokens")
-    vocab_file = p / "output_vocab.json"
-    output_vocab = json.loads(vocab_file.read_text()) if vocab_file.exists() else None
     return model, tokenizer, meta, output_vocab
