@@ -62,19 +62,23 @@ def relevance_by_bucket(requested: Sequence[int], scores: Sequence[float]) -> di
 
 
 def held_out_commands(examples: Sequence[Example], n: int, seed: int = 0) -> list[tuple[str, Command]]:
-    """``n`` (query, command) pairs over held-out queries, lengths and buckets drawn uniformly.
+    """About ``n`` (query, command) pairs over held-out queries, in groups of one per bucket.
 
-    Each query is paired with a task it has data for, so commands are ones a caller could make.
+    Each group draws a held-out (query, task) pair and a length uniformly from 3..40 and asks
+    for it at every relevance bucket, so the buckets are compared on the same queries and
+    lengths: relevance falls with length, and independent draws would bury the buckets'
+    differences under the lengths'. ``n`` is rounded up to a whole number of groups. Each query
+    is paired with a task it has data for, so commands are ones a caller could make.
     """
     pairs = sorted({(e.query, e.task) for e in examples})
     if not pairs:
         raise DataError("no held-out examples to draw evaluation commands from")
     rng = random.Random(seed)
     out = []
-    for i in range(n):
+    for i in range(-(-n // RELEVANCE_BUCKETS)):
         query, task = pairs[rng.randrange(len(pairs))] if i >= len(pairs) else pairs[i]
-        out.append((query, Command(task, rng.randint(LENGTH_MIN, LENGTH_MAX),
-                                   rng.randrange(RELEVANCE_BUCKETS))))
+        length = rng.randint(LENGTH_MIN, LENGTH_MAX)
+        out += [(query, Command(task, length, b)) for b in range(RELEVANCE_BUCKETS)]
     rng.shuffle(out)
     return out
 

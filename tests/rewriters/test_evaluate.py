@@ -49,7 +49,18 @@ def test_held_out_commands_cover_queries_and_are_valid(synthetic_examples):
     assert len(cmds) == 200
     pairs = {(e.query, e.task) for e in synthetic_examples}
     assert all((q, c.task) in pairs for q, c in cmds)
-    assert len({c.length for _, c in cmds}) > 30 and {c.relevance for _, c in cmds} == set(range(5))
+    assert len({c.length for _, c in cmds}) > 20 and {c.relevance for _, c in cmds} == set(range(5))
+
+
+def test_held_out_commands_ask_for_every_bucket_on_the_same_query_and_length(synthetic_examples):
+    from collections import Counter
+
+    cmds = held_out_commands(synthetic_examples, 12, seed=1)
+    assert len(cmds) == 15  # rounded up to whole groups of 5 buckets
+    groups = Counter((q, c.task, c.length) for q, c in cmds)
+    assert len(groups) == 3 and set(groups.values()) == {5}
+    for key in groups:
+        assert sorted(c.relevance for q, c in cmds if (q, c.task, c.length) == key) == [0, 1, 2, 3, 4]
 
 
 def test_spearman_averages_ties():
