@@ -64,7 +64,8 @@ class TrainSettings(BaseModel):
     round_steps: int = Field(300, ge=1)
     explore_per_round: int = Field(512, ge=1)
     eval_commands: int = Field(200, ge=10)
-    progress_tokens: bool = True  # <|w=5|>, <|w=10|> ... after every 5th prompt word
+    marker_every: int = Field(3, ge=0, le=39)  # length markers <|r=k|> where k % this == 0 ...
+    marker_tail: int = Field(3, ge=0, le=39)  # ... and before each of the last this many words
     export: Literal["int8", "int8_float32", "float32", "none"] = "int8"  # CTranslate2 export
     seed: int = 0
 
@@ -118,9 +119,9 @@ class PipelineSettings(BaseModel):
     rrf_k: int = Field(60, ge=1)  # RRF constant
     raw_weight: float = Field(1.0, ge=0)  # RRF weight of the raw-query list
     rewrite_weight: float = Field(1.0, ge=0)  # RRF weight of the rewritten-query list
-    # first try; retries sample. Sampling: the small demo model's greedy output can fall into
-    # repeated phrases and stop early, sampled output keeps its length better (docs/results.md)
-    decoding: Literal["sample", "greedy", "beam"] = "sample"
+    # first try; retries sample. Greedy: deterministic (so cacheable), and more relevant than
+    # sampled output in every measured run (docs/results.md)
+    decoding: Literal["sample", "greedy", "beam"] = "greedy"
     retries: int = Field(1, ge=0, le=5)  # sampled retries after a rejected prompt
     max_over_length: int = Field(3, ge=0, le=40)  # words over the asked length tolerated
     blocklist: list[str] = []  # terms a prompt must not contain (whole words, any case)

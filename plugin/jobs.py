@@ -98,7 +98,7 @@ def _train_config(settings: Settings):
         batch_size=t.batch_size, lr=t.lr, warmup_steps=min(t.warmup_steps, t.steps),
         held_out=t.held_out, rounds=t.rounds, round_steps=t.round_steps,
         explore_per_round=t.explore_per_round, eval_commands=t.eval_commands, seed=t.seed,
-        progress_tokens=t.progress_tokens,
+        marker_every=t.marker_every, marker_tail=t.marker_tail,
     )
 
 

@@ -4,10 +4,12 @@ A training example is ``<|task=image|><|len=12|><|rel=4|> cozy cabin<|prompt|> a
 the command tokens state the return the prompt *achieved* (upside-down RL relabelling), so at
 inference the caller states the return it *wants* and the model produces it.
 
-Models trained with progress tokens also write ``<|w=5|>``, ``<|w=10|>`` … after every fifth word
-of the prompt (``... cozy cabin in the snow<|w=5|> warm ...``): the model then only has to count
-the few words since its last progress token, instead of up to 40, to stop at the asked length.
-They are bookkeeping: decoding strips them, and word counts never include them.
+Models trained with length markers also write, between words, how many words are still to come:
+``<|r=k|>`` whenever k is a multiple of ``every``, and before each of the last ``tail`` words
+(every = tail = 3, 12 words: ``a b c<|r=9|> d e f<|r=6|> g h i<|r=3|> j<|r=2|> k<|r=1|> l<|end|>``).
+The model then reads the distance to the end from its own last marker instead of counting up to
+40 words against the command, and ends after the word that follows ``<|r=1|>``. Markers are
+bookkeeping: decoding strips them, and word counts never include them.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ __all__ = [
     "RELEVANCE_BUCKETS",
     "PROMPT_TOKEN",
     "END_TOKEN",
-    "PROGRESS_EVERY",
-    "PROGRESS_TOKENS",
-    "progress_token",
+    "MARKER_TOKENS",
+    "marker_token",
+    "marker_positions",
     "Command",
     "command_tokens",
     "count_words",
@@ -38,16 +40,28 @@ LENGTH_MIN, LENGTH_MAX = 3, 40  # target length in words a caller may ask for
 RELEVANCE_BUCKETS = 5  # buckets 0..4, 4 = most relevant
 PROMPT_TOKEN = "<|prompt|>"  # separates the query from the generated prompt
 END_TOKEN = "<|end|>"  # ends a generated prompt
-PROGRESS_EVERY = 5  # a progress token follows every 5th word of a prompt (models that use them)
 
 
-def progress_token(words: int) -> str:
-    """The token a prompt carries after its ``words``-th word (a multiple of PROGRESS_EVERY)."""
-    return f"<|w={words}|>"
+def marker_token(remaining: int) -> str:
+    """The length marker saying ``remaining`` words are still to come (1..LENGTH_MAX-1)."""
+    return f"<|r={remaining}|>"
 
 
-PROGRESS_TOKENS: tuple[str, ...] = tuple(
-    progress_token(k) for k in range(PROGRESS_EVERY, LENGTH_MAX, PROGRESS_EVERY))
+MARKER_TOKENS: tuple[str, ...] = tuple(marker_token(k) for k in range(1, LENGTH_MAX))
+
+
+def marker_positions(length: int, every: int, tail: int) -> dict[int, int]:
+    """Words written -> words remaining, for every place a ``length``-word prompt has a marker.
+
+    A marker follows word ``i`` (1 <= i < length) when ``length - i`` is a multiple of ``every``
+    or at most ``tail``; ``every`` = ``tail`` = 0 means no markers.
+    """
+    out = {}
+    for i in range(1, length):
+        r = length - i
+        if (every and r % every == 0) or r <= tail:
+            out[i] = r
+    return out
 
 
 def count_words(text: str) -> int:
@@ -103,4 +117,4 @@ def command_tokens() -> list[str]:
     toks = [f"<|task={t}|>" for t in TASKS]
     toks += [f"<|len={n}|>" for n in range(LENGTH_MIN, LENGTH_MAX + 1)]
     toks += [f"<|rel={b}|>" for b in range(RELEVANCE_BUCKETS)]
-    return toks + [PROMPT_TOKEN, END_TOKEN, *PROGRESS_TOKENS]
+    return toks + [PROMPT_TOKEN, END_TOKEN, *MARKER_TOKENS]

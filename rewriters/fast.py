@@ -59,7 +59,7 @@ from .generate import (
     Rewriter,
     RewriterBase,
     load_rewriter,
-    progress_token_ids,
+    marker_token_ids,
     restrict_output,
     token_classes,
 )
@@ -100,7 +100,7 @@ _read_model_dir = read_model_dir  # (dir, meta, tokenizer, output_vocab, HF conf
 
 def _model_bans(meta: RewriterMeta, tokenizer, output_vocab, n_rows: int) -> np.ndarray:
     end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
-    allowed = set(progress_token_ids(tokenizer, meta.progress_every).values())
+    allowed = set(marker_token_ids(tokenizer, meta).values())
     always, _ = token_classes(tokenizer, meta.command_tokens, end_id, n_rows, allowed)
     return restrict_output(always, output_vocab, end_id)
 

@@ -15,6 +15,7 @@ imported only by the PyTorch engine, so the CTranslate2 engine never loads it.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -23,8 +24,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .commands import (END_TOKEN, LENGTH_MAX, PROGRESS_TOKENS, PROMPT_TOKEN, Command, count_words,
-                       progress_token)
+from .commands import (END_TOKEN, LENGTH_MAX, MARKER_TOKENS, PROMPT_TOKEN, Command, count_words,
+                       marker_positions)
 from .errors import ConfigError, ModelError
 from .model import RewriterMeta, load_model_dir
 
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 DECODINGS = ("sample", "greedy", "beam")
 CLIP_CONTEXT = 77  # CLIP's text window, start and end tokens included
 NGRAM_BAN = 3  # a generated prompt never repeats one of its own n-grams of this size
+_MARKER = re.compile(r"<\|r=\d+\|>")  # a length marker in decoded text
 _MAX_TAIL_PIECES = 6  # sub-word pieces one word may take before it is closed
 
 
@@ -96,8 +98,8 @@ class _CommandLogits:
 
     def __init__(self, prompt_len: int, banned: torch.Tensor, word_start: torch.Tensor,
                  end_id: int, targets: torch.Tensor | None, budget: int,
-                 progress: torch.Tensor | None = None):
-        self.progress = progress  # (V,) bool: progress tokens, banned once the target is reached
+                 markers: torch.Tensor | None = None):
+        self.markers = markers  # (V,) bool: length markers, banned once the target is reached
         self.prompt_len = prompt_len
         self.budget = budget  # max new tokens: the length must be reached within it
         self.banned = banned  # (V,) bool
@@ -121,7 +123,10 @@ class _CommandLogits:
             since_start = torch.zeros(rows, dtype=torch.long)
         else:
             starts = self.word_start[gen]  # (R, t)
-            starts[:, 0] = True  # the first piece always opens a word
+            # The first piece always opens a word; length markers never do (nor are text).
+            text = ~self.markers[gen] if self.markers is not None else torch.ones_like(starts)
+            first = text.int().argmax(1)  # (R,) first text piece (0 when there is none yet)
+            starts[torch.arange(rows), first] |= text[torch.arange(rows), first]
             words = starts.sum(1)
             idx = torch.arange(gen.shape[1]).expand_as(gen)
             last = torch.where(starts, idx, torch.zeros_like(idx)).max(1).values
@@ -132,8 +137,8 @@ class _CommandLogits:
         at = words >= targets
         ws = self.word_start[:v]
         scores[at.unsqueeze(1) & ws.unsqueeze(0)] = neg
-        if self.progress is not None:
-            scores[at.unsqueeze(1) & self.progress[:v].unsqueeze(0)] = neg
+        if self.markers is not None:
+            scores[at.unsqueeze(1) & self.markers[:v].unsqueeze(0)] = neg
         left = self.budget - gen.shape[1]  # tokens still allowed, this one included
         # Start the next word when the current one has grown absurdly long, or when every
         # remaining token is needed for a word (plus one for <|end|>).
@@ -157,7 +162,7 @@ def token_classes(tokenizer, command_tokens: Sequence[str], end_id: int,
         command_tokens: the model's command vocabulary (``RewriterMeta.command_tokens``).
         end_id: id of ``<|end|>``, the one special token that may be emitted.
         n_rows: rows of the output embedding (>= ``len(tokenizer)``; extra rows are padding).
-        allowed: special tokens the model may emit besides <|end|> (its progress tokens).
+        allowed: special tokens the model may emit besides <|end|> (its length markers).
     Returns:
         (banned, word_start): two (n_rows,) bool arrays.
     """
@@ -177,12 +182,13 @@ def token_classes(tokenizer, command_tokens: Sequence[str], end_id: int,
     return banned, word_start
 
 
-def progress_token_ids(tokenizer, every: int) -> dict[int, int]:
-    """Words written -> id of the progress token that follows them; {} when ``every`` is 0."""
-    ids = {k: tokenizer.convert_tokens_to_ids(progress_token(k))
-           for k in range(every, LENGTH_MAX, every)} if every else {}
+def marker_token_ids(tokenizer, meta: RewriterMeta) -> dict[int, int]:
+    """Words remaining -> id of the length marker saying so; {} for models without markers."""
+    if not (meta.marker_every or meta.marker_tail):
+        return {}
+    ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in enumerate(MARKER_TOKENS, start=1)}
     if any(not isinstance(i, int) or i == tokenizer.unk_token_id for i in ids.values()):
-        raise ModelError("the model was trained with progress tokens but its tokenizer lacks "
+        raise ModelError("the model was trained with length markers but its tokenizer lacks "
                          "them; the model directory is damaged")
     return ids
 
@@ -224,11 +230,12 @@ class RewriterBase:
         self.n_positions = n_positions
         self.end_id = tokenizer.convert_tokens_to_ids(END_TOKEN)
         self.prompt_id = tokenizer.convert_tokens_to_ids(PROMPT_TOKEN)
-        # words written -> id of the progress token that follows them (models trained with them)
-        self.progress_ids = progress_token_ids(tokenizer, meta.progress_every)
+        # words remaining -> id of the length marker saying so (models trained with markers)
+        self.marker_ids = marker_token_ids(tokenizer, meta)
+        self._max_markers = len(marker_positions(LENGTH_MAX, meta.marker_every, meta.marker_tail))
         self._always_banned, self._word_start = token_classes(
             tokenizer, meta.command_tokens, self.end_id, n_rows,
-            allowed=set(self.progress_ids.values()))
+            allowed=set(self.marker_ids.values()))
 
     @property
     def version(self) -> str:
@@ -319,7 +326,7 @@ class RewriterBase:
                 f"query is too long: {width} tokens leave no room in the model's "
                 f"{self.n_positions}-token window"
             )
-        budget = min(limit, 3 * LENGTH_MAX + 8 + len(self.progress_ids))
+        budget = min(limit, 3 * LENGTH_MAX + 8 + self._max_markers)
         if strict:
             longest = max(c.length for _, c in chunk)
             if budget < longest + 1:
@@ -342,8 +349,7 @@ class RewriterBase:
             ids = ids[: ids.index(self.end_id)]
         raw = self.tokenizer.decode(ids, skip_special_tokens=False,
                                    clean_up_tokenization_spaces=False)  # keep " ," a word
-        for t in PROGRESS_TOKENS:  # bookkeeping the model writes between words, never text
-            raw = raw.replace(t, "")
+        raw = _MARKER.sub("", raw)  # length markers: bookkeeping between words, never text
         problems: list[str] = []
         if any(t in raw for t in self.meta.command_tokens):
             problems.append("leaked command token")
@@ -404,12 +410,12 @@ class Rewriter(RewriterBase):
             ids[i, width - len(e) :] = torch.tensor(e)
             mask[i, width - len(e) :] = 1
         targets = torch.tensor([c.length for _, c in chunk]) if strict else None
-        progress = None
-        if self.progress_ids:
-            progress = torch.zeros_like(self.word_start)
-            progress[list(self.progress_ids.values())] = True
+        markers = None
+        if self.marker_ids:
+            markers = torch.zeros_like(self.word_start)
+            markers[list(self.marker_ids.values())] = True
         proc = _CommandLogits(width, self.banned, self.word_start, self.end_id, targets, budget,
-                              progress)
+                              markers)
         gen_kw = dict(
             max_new_tokens=budget, eos_token_id=self.end_id,
             pad_token_id=self.end_id, logits_processor=LogitsProcessorList([proc]),

@@ -39,7 +39,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SCRATCH = "scratch"  # base_model value for a randomly initialised GPT-2
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: countdown length markers <|r=k|> replace progress tokens <|w=k|>
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ class RewriterMeta:
     scorer: str  # relevance scorer used for relabelling ("minilm", "lexical")
     train_config: dict[str, Any] = field(default_factory=dict)
     command_tokens: list[str] = field(default_factory=command_tokens)
-    progress_every: int = 0  # words between progress tokens in the model's prompts; 0: none
+    marker_every: int = 0  # length markers where the words still to come are a multiple of this
+    marker_tail: int = 0  # ... and before each of the last this many words; both 0: no markers
     format_version: int = FORMAT_VERSION
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
@@ -162,15 +163,17 @@ def read_model_dir(path: str | Path) -> tuple[Path, RewriterMeta, Any, list[int]
         if not (p / name).is_file():
             raise ModelError(f"model directory {p} is incomplete: {name} is missing")
     try:
-        meta = RewriterMeta(**json.loads((p / "udrl.json").read_text()))
+        described = json.loads((p / "udrl.json").read_text())
+        found = described.get("format_version") if isinstance(described, dict) else None
+        if found != FORMAT_VERSION:
+            raise ModelError(
+                f"model format {found} in {p} is not supported (expected "
+                f"{FORMAT_VERSION}); retrain with this version of udrl-search"
+            )
+        meta = RewriterMeta(**described)
         hf_config = json.loads((p / "config.json").read_text())
     except (json.JSONDecodeError, TypeError) as e:
         raise ModelError(f"{p / 'udrl.json'} is not a valid rewriter description: {e}") from e
-    if meta.format_version != FORMAT_VERSION:
-        raise ModelError(
-            f"model format {meta.format_version} in {p} is not supported (expected "
-            f"{FORMAT_VERSION}); retrain with this version of udrl-search"
-        )
     has_tok = (p / "tokenizer_config.json").exists()
     if not has_tok:
         log.warning("no tokenizer saved in %s; using the builtin GPT-2 tokenizer", p)

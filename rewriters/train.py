@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .commands import PROGRESS_EVERY, LENGTH_MAX, LENGTH_MIN, Command
+from .commands import LENGTH_MAX, LENGTH_MIN, Command, marker_positions
 from .data import Example, split_by_query, write_examples
 from .errors import ConfigError, DataError
 from .evaluate import evaluate_rewriter, held_out_commands
@@ -57,7 +57,8 @@ class TrainConfig:
     explore_per_round: int = 512  # exploratory commands sampled per round; 16..100k
     top_share: float = 0.25  # "best part" of the return distribution explored; 0.05..0.5
     eval_commands: int = 200  # held-out commands measured after each round; 20..10k
-    progress_tokens: bool = True  # write <|w=5|>, <|w=10|>, ... after every 5th prompt word
+    marker_every: int = 3  # length markers where the words still to come are a multiple of this
+    marker_tail: int = 3  # ... and before each of the last this many words; both 0: no markers
     seed: int = 0  # seeds data split, sampling and initialisation
 
     def __post_init__(self) -> None:
@@ -67,6 +68,9 @@ class TrainConfig:
             raise ConfigError(f"held_out {self.held_out} must be between 0 and 1")
         if self.rounds < 0:
             raise ConfigError(f"rounds {self.rounds} must be 0 or more")
+        if not (0 <= self.marker_every < LENGTH_MAX and 0 <= self.marker_tail < LENGTH_MAX):
+            raise ConfigError(f"marker_every {self.marker_every} and marker_tail "
+                              f"{self.marker_tail} must be between 0 and {LENGTH_MAX - 1}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
@@ -97,19 +101,20 @@ class TrainResult:
 def encode_example(rewriter: Rewriter, ex: Example) -> tuple[list[int], int]:
     """Token ids of a training example and the index of its first prompt token.
 
-    With ``rewriter.meta.progress_every`` = N > 0, a progress token goes after every N-th word
-    (before the token that opens the next word; none after the last word).
+    Models with length markers (``meta.marker_every`` / ``marker_tail``) get ``<|r=k|>`` between
+    words as :func:`rewriters.commands.marker_positions` places them (before the token that opens
+    the next word).
     """
     cmd = Command(ex.task, ex.words, ex.bucket if ex.bucket is not None else 0)
     head = rewriter.encode_input(ex.query, cmd)
     body = rewriter.tokenizer.encode(" " + " ".join(ex.prompt.split()))
-    every = rewriter.meta.progress_every
-    if every:
+    if rewriter.marker_ids:
+        at = marker_positions(ex.words, rewriter.meta.marker_every, rewriter.meta.marker_tail)
         marked, words, starts = [], 0, rewriter._word_start  # (V,) bool numpy
         for t in body:
             if starts[t]:
-                if words and words % every == 0:
-                    marked.append(rewriter.progress_ids[words])
+                if words in at:
+                    marked.append(rewriter.marker_ids[at[words]])
                 words += 1
             marked.append(t)
         body = marked
@@ -289,7 +294,7 @@ def train_rewriter(
                         model_config=asdict(cfg.model) if cfg.base_model == SCRATCH
                         else {"n_positions": model.config.n_positions},
                         bucket_edges=edges, scorer=scorer.name, train_config=asdict(cfg),
-                        progress_every=PROGRESS_EVERY if cfg.progress_tokens else 0)
+                        marker_every=cfg.marker_every, marker_tail=cfg.marker_tail)
     rewriter = Rewriter(model, tokenizer, meta)
     n_pos = model.config.n_positions
     encoded, too_long = [], 0

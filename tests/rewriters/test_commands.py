@@ -1,7 +1,7 @@
 import pytest
 
 from rewriters.commands import (
-    PROGRESS_TOKENS,
+    MARKER_TOKENS,
     END_TOKEN, LENGTH_MAX, LENGTH_MIN, PROMPT_TOKEN, Command, command_tokens, count_words,
 )
 from rewriters.errors import ConfigError
@@ -30,9 +30,11 @@ def test_bad_commands_name_the_value_and_range(args, message):
 
 def test_every_command_token_is_one_special_token(tokenizer):
     toks = command_tokens()
-    # tasks, lengths, relevance buckets, <|prompt|> and <|end|>, then <|w=5|> ... <|w=35|>
-    assert len(toks) == len(set(toks)) == 2 + (LENGTH_MAX - LENGTH_MIN + 1) + 5 + 2 + 7
-    assert toks[-9:-7] == [PROMPT_TOKEN, END_TOKEN] and toks[-7:] == list(PROGRESS_TOKENS)
+    # tasks, lengths, relevance buckets, <|prompt|> and <|end|>, then <|r=1|> ... <|r=39|>
+    markers = LENGTH_MAX - 1
+    assert len(toks) == len(set(toks)) == 2 + (LENGTH_MAX - LENGTH_MIN + 1) + 5 + 2 + markers
+    assert toks[-markers - 2 : -markers] == [PROMPT_TOKEN, END_TOKEN]
+    assert toks[-markers:] == list(MARKER_TOKENS)
     for t in toks:
         ids = tokenizer.encode(t)
         assert len(ids) == 1 and tokenizer.convert_ids_to_tokens(ids) == [t]

@@ -319,18 +319,18 @@ def test_serving_path_never_imports_torch(f32_dir):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_progress_tokens_are_handled_the_same_by_both_engines(tiny_model_dir, tmp_path,
-                                                              tokenizer, allowed):
-    """A model that writes <|w=5|> ... : both engines may emit them and strip them alike."""
-    from rewriters.commands import PROGRESS_TOKENS
+def test_length_markers_are_handled_the_same_by_both_engines(tiny_model_dir, tmp_path,
+                                                             tokenizer, allowed):
+    """A model that writes <|r=k|> markers: both engines may emit them and strip them alike."""
+    from rewriters.commands import MARKER_TOKENS
     from rewriters.generate import load_rewriter
 
     dst = tmp_path / "m"
     shutil.copytree(tiny_model_dir, dst)
     meta = json.loads((dst / "udrl.json").read_text())
-    meta["progress_every"] = 5
+    meta["marker_every"], meta["marker_tail"] = 5, 4
     (dst / "udrl.json").write_text(json.dumps(meta))
-    marks = tokenizer.convert_tokens_to_ids(list(PROGRESS_TOKENS))
+    marks = tokenizer.convert_tokens_to_ids(list(MARKER_TOKENS))
     (dst / "output_vocab.json").write_text(json.dumps(sorted(set(allowed) | set(marks))))
     export_ctranslate2(dst, quantization="float32")
     fast = load_fast_rewriter(dst, compute_type="float32")

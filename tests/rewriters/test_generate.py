@@ -66,6 +66,18 @@ def test_missing_or_incomplete_model_dir(tmp_path, tiny_model_copy):
         load_rewriter(tiny_model_copy)
 
 
+def test_a_model_of_an_older_format_asks_to_be_retrained(tiny_model_copy):
+    import json
+
+    meta_file = tiny_model_copy / "udrl.json"
+    meta = json.loads(meta_file.read_text())
+    meta.pop("marker_every", None), meta.pop("marker_tail", None)
+    meta.update(format_version=1, progress_every=5)  # a model with count-up progress tokens
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="model format 1 .* not supported.*retrain"):
+        load_rewriter(tiny_model_copy)
+
+
 def test_clip_window_is_measured_with_clips_own_tokenizer():
     assert clip_token_count("a cozy cabin") == 5  # <start> a cozy cabin <end>
     assert clip_token_count("word " * 100) > CLIP_CONTEXT
@@ -100,3 +112,22 @@ def test_no_generated_prompt_repeats_a_trigram(tiny_rewriter):
         ids = tiny_rewriter.tokenizer.encode(" " + r.prompt)
         grams = [tuple(ids[i:i + 3]) for i in range(len(ids) - 2)]
         assert len(grams) == len(set(grams)), r.prompt
+
+
+def test_strict_length_never_counts_a_length_marker_as_a_word():
+    """A marker written before the first word must not make strict decoding end a word early."""
+    import torch
+
+    from rewriters.generate import _CommandLogits
+
+    V, end, marker = 8, 0, 1
+    word_start = torch.tensor([False, False, True, True, False, False, False, False])
+    markers = torch.zeros(V, dtype=torch.bool)
+    markers[marker] = True
+    banned = torch.zeros(V, dtype=torch.bool)
+    proc = _CommandLogits(2, banned, word_start, end, torch.tensor([3, 3]), 50, markers)
+    # row 0: <|r=9|> " a" " b" "x" -> 2 words; row 1: "y" " a" " b" -> 3 words ("y" opens one)
+    ids = torch.tensor([[7, 7, marker, 2, 3, 4], [7, 7, 4, 2, 3, 5]])
+    scores = proc(ids, torch.zeros(2, V))
+    assert scores[0, end] == float("-inf")  # 2 of 3 words: may not end yet
+    assert scores[1, end] == 0.0 and (scores[1, word_start] == float("-inf")).all()  # 3 of 3

@@ -130,8 +130,8 @@ def test_packed_rows_give_the_hidden_states_of_unpacked_examples(tiny_rewriter):
             assert found
 
 
-def test_progress_tokens_follow_every_fifth_word(tiny_model_dir):
-    """Training targets carry <|w=5|>, <|w=10|> ... between words; decoding strips them."""
+def test_length_markers_count_down_the_words_still_to_come(tiny_model_dir):
+    """Training targets carry <|r=k|> between words (k % 5 == 0, or k <= 4); decoding strips them."""
     from dataclasses import replace
 
     from rewriters.commands import Command
@@ -140,16 +140,26 @@ def test_progress_tokens_follow_every_fifth_word(tiny_model_dir):
     from rewriters.train import encode_example
 
     rw = load_rewriter(tiny_model_dir)
-    rw_marked = type(rw)(rw.model, rw.tokenizer, replace(rw.meta, progress_every=5))
-    words = "a1 b2, c3-x d4 e5 f6 g7 h8 i9 j10 k11".split()
+    rw_marked = type(rw)(rw.model, rw.tokenizer, replace(rw.meta, marker_every=5, marker_tail=4))
+    words = "a1 b2, c3-x d4 e5 f6 g7 h8 i9 j10 k11 l12".split()
     ex = Example.make("q", "image", " ".join(words), "test", "image")
     seq, start = encode_example(rw_marked, ex)
     body = seq[start:]
     text = rw.tokenizer.decode(body, skip_special_tokens=False)
-    assert text == " a1 b2, c3-x d4 e5<|w=5|> f6 g7 h8 i9 j10<|w=10|> k11<|end|>"
+    assert text == (" a1 b2,<|r=10|> c3-x d4 e5 f6 g7<|r=5|> h8<|r=4|> i9<|r=3|> j10<|r=2|>"
+                    " k11<|r=1|> l12<|end|>")
     plain, _ = encode_example(rw, ex)
-    assert len(seq) == len(plain) + 2  # the model without progress tokens gets none
-    out = rw_marked._finish(body, Command("image", 11))
-    assert out.prompt == " ".join(words) and out.words == 11 and out.valid
-    ids = list(rw_marked.progress_ids.values())
+    assert len(seq) == len(plain) + 6  # the model without markers gets none
+    out = rw_marked._finish(body, Command("image", 12))
+    assert out.prompt == " ".join(words) and out.words == 12 and out.valid
+    ids = list(rw_marked.marker_ids.values())
     assert not rw_marked._always_banned[ids].any() and rw._always_banned[ids].all()
+
+
+def test_marker_positions_follow_the_scheme():
+    from rewriters.commands import marker_positions
+
+    assert marker_positions(12, 5, 4) == {2: 10, 7: 5, 8: 4, 9: 3, 10: 2, 11: 1}
+    assert marker_positions(12, 5, 0) == {2: 10, 7: 5}
+    assert marker_positions(4, 1, 0) == {1: 3, 2: 2, 3: 1}
+    assert marker_positions(3, 0, 0) == {} and marker_positions(1, 5, 4) == {}
