@@ -1,9 +1,13 @@
-"""Benchmark generation: the CTranslate2 int8 engine against plain transformers ``generate``.
+"""Benchmark generation: the ONNX Runtime and CTranslate2 int8 engines against transformers.
 
 A random-weight rewriter of the GPT-2 small shape (12 layers, width 768, 124M parameters, the
-project's tokenizer) is saved to a temporary directory and exported to CTranslate2 int8. Each
-engine then runs in its own child process, so the memory it reports is its own:
+project's tokenizer) is saved to a temporary directory and exported to CTranslate2 int8 and to
+ONNX int8 (the export times are reported). Each engine then runs in its own child process, so
+the memory it reports is its own:
 
+* ``onnxruntime``: ``load_onnx_rewriter`` (dynamic QInt8 weights, never imports torch), then a
+  plain greedy loop over its ONNX session with the KV cache and the served
+  ``OnnxRewriter.rewrite_batch``;
 * ``ctranslate2``: ``load_fast_rewriter`` (int8 weights, int8 x float32 compute, never imports
   torch), then the raw ``Generator.generate_batch`` and the served ``FastRewriter.rewrite_batch``;
 * ``transformers``: ``load_rewriter`` (float32), then plain ``model.generate`` and the PyTorch
@@ -20,7 +24,8 @@ Per batch size (1, 8, 32 inputs: command tokens, a query of 1-9 words, ``<|promp
 * ``memory``: peak resident MB (``VmHWM``) after loading, then per batch size (the peak is
   reset before each size; batch 32 x ~140 positions holds a ~330 MB float32 KV cache).
 
-ratio = ctranslate2 / transformers. Targets (2-core CPU): >= 200 tokens/s at batch 1,
+``ratio`` = ctranslate2 / transformers, ``ratio_onnxruntime`` = onnxruntime / transformers
+(tokens/s, per batch size). Targets (2-core CPU): >= 200 tokens/s at batch 1,
 >= 1,000 tokens/s under batching, <= 500 MB resident for the rewriter.
 
 Run: ``python -m bench.generation [--quick]`` prints the result as JSON (``--quick``: the tiny
@@ -101,13 +106,52 @@ def _count_generated(rw, counts: list[int]) -> None:
     rw._finish = counting
 
 
+def _onnx_greedy(rw, items, new: int) -> int:
+    """Greedy over the ONNX session, exactly ``new`` tokens per input; returns tokens made.
+
+    The engine alone, as ``generate_batch`` is for CTranslate2: left padding and the KV cache
+    as ``OnnxRewriter`` uses them, <|end|> held off, no bans, no cleanup.
+    """
+    import numpy as np
+
+    enc = [rw.encode_input(q, c) for q, c in items]
+    width = max(len(e) for e in enc)
+    ids = np.full((len(enc), width), rw.end_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, e in enumerate(enc):
+        ids[i, width - len(e):] = e
+        mask[i, width - len(e):] = 1
+    pos = np.where(mask == 1, mask.cumsum(1) - 1, 0)
+    heads, head_dim = rw._cache_shape
+    empty = np.zeros((len(enc), heads, 0, head_dim), np.float32)
+    logits, past = rw._step(ids, pos, mask, [empty] * len(rw._past_names))
+    nxt_pos, made = pos[:, -1:] + 1, 0
+    for step in range(new):
+        logits[:, rw._end_col] = -np.inf  # as min_length: never stop early
+        choice = logits.argmax(1)
+        made += len(choice)
+        if step + 1 < new:
+            mask = np.concatenate([mask, np.ones((len(enc), 1), np.int64)], 1)
+            logits, past = rw._step(rw.columns[choice][:, None], nxt_pos, mask, past)
+            nxt_pos = nxt_pos + 1
+    return made
+
+
 def _child(engine: str, model_dir: str, batches: list[int], new: int, reps: int,
            threads: int) -> dict[str, Any]:
     """Load one engine, time raw and served generation, report memory. Runs in a subprocess."""
     from rewriters.commands import END_TOKEN
 
     t0 = time.perf_counter()
-    if engine == "ctranslate2":
+    if engine == "onnxruntime":
+        from rewriters.onnx_engine import load_onnx_rewriter
+
+        rw = load_onnx_rewriter(model_dir, intra_threads=threads, fallback=False)
+        info = {"quantization": rw.export["quantization"], "intra_threads": threads}
+
+        def raw(items):
+            return _onnx_greedy(rw, items, new)
+    elif engine == "ctranslate2":
         from rewriters.fast import load_fast_rewriter
 
         rw = load_fast_rewriter(model_dir, intra_threads=threads, inter_threads=1,
@@ -181,11 +225,12 @@ def _run_child(engine: str, model_dir: Path, batches: list[int], new: int, reps:
 
 
 def _build(model_dir: Path, preset: str) -> dict[str, Any]:
-    """Save a random-weight rewriter of ``preset`` shape and export it to CTranslate2 int8."""
+    """Save a random-weight rewriter of ``preset`` shape; export it to CTranslate2 and ONNX int8."""
     import torch
 
     from rewriters.fast import export_ctranslate2
     from rewriters.model import MODEL_PRESETS, RewriterMeta, build_model, save_model_dir
+    from rewriters.onnx_engine import export_onnx
     from rewriters.tokenizer import load_tokenizer
 
     torch.manual_seed(0)
@@ -201,15 +246,20 @@ def _build(model_dir: Path, preset: str) -> dict[str, Any]:
     out = export_ctranslate2(model_dir, quantization="int8")
     export_s = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in out.iterdir())
+    t0 = time.perf_counter()
+    onnx_out = export_onnx(model_dir, quantization="int8")  # trace, check vs torch, quantize
+    onnx_s = time.perf_counter() - t0
+    onnx_size = sum(f.stat().st_size for f in onnx_out.iterdir())
     return {"preset": preset, "n_layer": cfg.n_layer, "n_embd": cfg.n_embd,
             "parameters_m": round(params / 1e6, 1), "vocab": len(tokenizer),
             "export_s": round(export_s, 1), "ctranslate2_dir_mb": round(size / 2**20, 1),
+            "onnx_export_s": round(onnx_s, 1), "onnx_dir_mb": round(onnx_size / 2**20, 1),
             "float32_weights_mb": round((model_dir / "model.safetensors").stat().st_size
                                         / 2**20, 1)}
 
 
 def run(quick: bool = False) -> dict:
-    """Build, export, then time both engines in child processes.
+    """Build, export, then time the three engines in child processes.
 
     Args:
         quick: the tiny test model, batches 1 and 8, 16 new tokens (a smoke run).
@@ -217,6 +267,7 @@ def run(quick: bool = False) -> dict:
         model, settings, per-engine tokens/s and memory, ratios and whether the targets hold.
     """
     import ctranslate2
+    import onnxruntime
     import transformers
 
     preset, batches, new, reps = ("tiny", [1, 8], 16, 1) if quick else ("gpt2", [1, 8, 32], 48, 2)
@@ -225,13 +276,8 @@ def run(quick: bool = False) -> dict:
         model_dir = Path(tmp) / "rewriter"
         model = _build(model_dir, preset)
         engines = {e: _run_child(e, model_dir, batches, new, reps, threads)
-                   for e in ("ctranslate2", "transformers")}
-    ct2, hf = engines["ctranslate2"], engines["transformers"]
-    ratio = {kind: {b: round(ct2[kind][b]["tokens_per_s"] / hf[kind][b]["tokens_per_s"], 2)
-                    for b in ct2[kind]} for kind in ("engine", "rewriter")}
-    best_batched = max(v["tokens_per_s"] for b, v in ct2["engine"].items() if b != "batch1")
-    peaks = {k.removeprefix("peak_mb_"): v for k, v in ct2["memory"].items()
-             if k.startswith("peak_mb_")}
+                   for e in ("onnxruntime", "ctranslate2", "transformers")}
+    ort, ct2, hf = engines["onnxruntime"], engines["ctranslate2"], engines["transformers"]
     return {
         "quick": quick,
         "model": model,
@@ -239,24 +285,40 @@ def run(quick: bool = False) -> dict:
         "timed_runs": reps,
         "decoding": "greedy",
         "threads": threads,
-        "versions": {"ctranslate2": ctranslate2.__version__,
+        "versions": {"onnxruntime": onnxruntime.__version__,
+                     "ctranslate2": ctranslate2.__version__,
                      "transformers": transformers.__version__,
                      "python": platform.python_version()},
+        "onnxruntime": ort,
         "ctranslate2": ct2,
         "transformers": hf,
-        "ratio": ratio,
+        "ratio": _ratio(ct2, hf),
+        "ratio_onnxruntime": _ratio(ort, hf),
         "targets_met": None if quick else {  # the targets are for the GPT-2 small shape
-            "batch1_200_tokens_per_s": ct2["engine"]["batch1"]["tokens_per_s"] >= 200,
-            "batched_1000_tokens_per_s": best_batched >= 1000,
-            "rewriter_500_mb": {b: v <= 500 for b, v in peaks.items()},
-        },
+            "ctranslate2": _targets(ct2), "onnxruntime": _targets(ort)},
     }
+
+
+def _ratio(fast: dict[str, Any], hf: dict[str, Any]) -> dict[str, Any]:
+    """tokens/s of ``fast`` over transformers', per kind (engine, rewriter) and batch size."""
+    return {kind: {b: round(fast[kind][b]["tokens_per_s"] / hf[kind][b]["tokens_per_s"], 2)
+                   for b in fast[kind]} for kind in ("engine", "rewriter")}
+
+
+def _targets(result: dict[str, Any]) -> dict[str, Any]:
+    best_batched = max(v["tokens_per_s"] for b, v in result["engine"].items() if b != "batch1")
+    peaks = {k.removeprefix("peak_mb_"): v for k, v in result["memory"].items()
+             if k.startswith("peak_mb_")}
+    return {"batch1_200_tokens_per_s": result["engine"]["batch1"]["tokens_per_s"] >= 200,
+            "batched_1000_tokens_per_s": best_batched >= 1000,
+            "rewriter_500_mb": {b: v <= 500 for b, v in peaks.items()}}
 
 
 def _main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny model, batches 1 and 8")
-    ap.add_argument("--child", choices=("ctranslate2", "transformers"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("onnxruntime", "ctranslate2", "transformers"),
+                    help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--batches", default="1", help=argparse.SUPPRESS)
     ap.add_argument("--new", type=int, default=16, help=argparse.SUPPRESS)

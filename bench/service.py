@@ -2,7 +2,7 @@
 
 The app (FastAPI + uvicorn, the real Pipeline, micro-batcher and cache) serves a random-weight
 rewriter of the demo shape (preset ``small``, 4 layers x 192) through the engine
-``load_engine`` picks (CTranslate2 when an export exists). Generation is free greedy decoding
+``load_engine`` picks (ONNX Runtime int8, the first ``auto`` serves, when its export exists). Generation is free greedy decoding
 with no retries, so every cache miss costs exactly one generation; a random model seldom picks
 <|end|>, so its prompts run to the token budget (the worst case, reported as ``miss_tokens``).
 Strict length is not used: it would run on the PyTorch fallback.
@@ -41,9 +41,11 @@ def _model_dir(root: Path) -> Path:
                         bucket_edges=[0.1, 0.2, 0.3, 0.4], scorer="lexical")
     out = root / "rewriter"
     save_model_dir(out, model, tok, meta)
-    try:  # serve through the fast engine when this installation has it
+    try:  # serve through the fast engines when this installation has them
         from rewriters.fast import export_ctranslate2
+        from rewriters.onnx_engine import export_onnx
 
+        export_onnx(out)
         export_ctranslate2(out)
     except ImportError:
         pass

@@ -95,6 +95,8 @@ def train(
         typer.echo(_round_line(r))
     typer.echo(f"model {result.version} saved to {result.model_dir} "
                f"(loss curve: {result.model_dir / 'loss_curve.png'})")
+    if "onnx" in result.metrics:
+        typer.echo(f"ONNX Runtime export for serving: {result.metrics['onnx']}")
     if "ctranslate2" in result.metrics:
         typer.echo(f"CTranslate2 export for serving: {result.metrics['ctranslate2']}")
 
@@ -102,12 +104,20 @@ def train(
 @app.command()
 def export(
     ctx: typer.Context,
-    quantization: str = typer.Option("int8", help="int8 | int8_float32 | float32"),
+    engine: str = typer.Option("all", help="all | onnx | ctranslate2"),
+    quantization: str = typer.Option(
+        "int8", help="int8 | float32 (both engines) | int8_float32 (ctranslate2 only)"),
 ) -> None:
-    """Convert the trained rewriter to CTranslate2 (served by default when present)."""
-    from .jobs import export_job
+    """Export the trained rewriter for the serving engines (`auto` serves the first current one:
+    ONNX Runtime, then CTranslate2)."""
+    from .jobs import EXPORT_ENGINES, export_job
 
-    typer.echo(f"CTranslate2 export: {export_job(_settings(ctx), quantization)}")
+    if engine not in ("all", *EXPORT_ENGINES):
+        raise UdrlError(f"unknown engine {engine!r}; allowed: all, {', '.join(EXPORT_ENGINES)}")
+    settings = _settings(ctx)
+    labels = {"onnx": "ONNX Runtime", "ctranslate2": "CTranslate2"}
+    for name in EXPORT_ENGINES if engine == "all" else (engine,):
+        typer.echo(f"{labels[name]} export: {export_job(settings, quantization, name)}")
 
 
 def _round_line(r: dict[str, Any]) -> str:
@@ -130,7 +140,7 @@ def rewrite(
     decoding: Optional[str] = typer.Option(None, help="sample | greedy | beam"),
     seed: Optional[int] = typer.Option(None),
     model_dir: Optional[Path] = typer.Option(None, "--model", help="Rewriter directory."),
-    engine: Optional[str] = typer.Option(None, help="auto | torch | ctranslate2"),
+    engine: Optional[str] = typer.Option(None, help="auto | onnx | ctranslate2 | torch"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Generate prompts for QUERY that obey a command."""

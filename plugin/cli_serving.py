@@ -27,7 +27,7 @@ def serve(
     ctx: typer.Context,
     host: Optional[str] = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
     port: Optional[int] = typer.Option(None, help="Port (default 8080)."),
-    engine: Optional[str] = typer.Option(None, help="auto | torch | ctranslate2"),
+    engine: Optional[str] = typer.Option(None, help="auto | onnx | ctranslate2 | torch"),
 ) -> None:
     """Run the HTTP rewrite hook (FastAPI + uvicorn)."""
     import uvicorn

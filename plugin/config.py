@@ -67,6 +67,7 @@ class TrainSettings(BaseModel):
     marker_every: int = Field(3, ge=0, le=39)  # length markers <|r=k|> where k % this == 0 ...
     marker_tail: int = Field(3, ge=0, le=39)  # ... and before each of the last this many words
     export: Literal["int8", "int8_float32", "float32", "none"] = "int8"  # CTranslate2 export
+    export_onnx: Literal["int8", "float32", "none"] = "int8"  # ONNX Runtime export
     seed: int = 0
 
 
@@ -127,7 +128,8 @@ class PipelineSettings(BaseModel):
     blocklist: list[str] = []  # terms a prompt must not contain (whole words, any case)
     cache_size: int = Field(10_000, ge=0)  # rewrite cache entries (0: off)
     precomputed: Path | None = None  # JSONL from `udrl rewrite-batch`, loaded into the cache
-    engine: Literal["auto", "torch", "ctranslate2"] = "auto"  # auto: CT2 export when present
+    # auto: the ONNX Runtime export when current, else the CTranslate2 one, else PyTorch
+    engine: Literal["auto", "onnx", "ctranslate2", "torch"] = "auto"
 
 
 class ServiceSettings(BaseModel):

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 
 def load_engine(settings: Settings):
-    """The rewriter engine the settings ask for (``pipeline.engine``: auto | torch | ctranslate2;
-    auto serves the CTranslate2 export when it is current, else PyTorch).
+    """The rewriter engine the settings ask for (``pipeline.engine``: auto | onnx | ctranslate2 |
+    torch; auto serves the ONNX Runtime export when it is current, else the CTranslate2 one,
+    else PyTorch).
 
     Raises:
         ModelError: no trained rewriter in the workspace, or the engine cannot load it.

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rewriters.data import read_examples, split_by_query, write_examples
-from rewriters.errors import DataError, ModelError
+from rewriters.errors import ConfigError, DataError, ModelError
 from rewriters.rewards import Scorer, load_scorer, relabel
 
 from .config import Settings
@@ -109,17 +109,34 @@ def train_job(settings: Settings, progress: bool = True):
     loaded = read_examples(settings.data_path)
     result = train_rewriter(loaded.examples, make_scorer(settings), settings.model_dir,
                             _train_config(settings), progress=progress)
+    if settings.train.export_onnx != "none":
+        result.metrics["onnx"] = str(export_job(settings, settings.train.export_onnx, "onnx"))
     if settings.train.export != "none":
         result.metrics["ctranslate2"] = str(export_job(settings, settings.train.export))
     return result
 
 
-def export_job(settings: Settings, quantization: str = "int8", force: bool = True) -> Path:
-    """Convert the workspace rewriter to CTranslate2 (what `pipeline.engine = auto` serves)."""
-    from rewriters.fast import export_ctranslate2
+EXPORT_ENGINES = ("onnx", "ctranslate2")
 
+
+def export_job(settings: Settings, quantization: str = "int8", engine: str = "ctranslate2",
+               force: bool = True) -> Path:
+    """Export the workspace rewriter for a serving engine (`pipeline.engine = auto` picks it up).
+
+    ``engine``: "onnx" (ONNX Runtime; quantization int8 or float32) or "ctranslate2" (int8,
+    int8_float32, float32, ...).
+    """
+    if engine not in EXPORT_ENGINES:
+        raise ConfigError(f"unknown export engine {engine!r}; allowed: "
+                          f"{', '.join(EXPORT_ENGINES)}")
     if not settings.model_dir.is_dir():
         raise ModelError(f"no rewriter at {settings.model_dir}; train one with `udrl train`")
+    if engine == "onnx":
+        from rewriters.onnx_engine import export_onnx
+
+        return export_onnx(settings.model_dir, quantization=quantization, force=force)
+    from rewriters.fast import export_ctranslate2
+
     return export_ctranslate2(settings.model_dir, quantization=quantization, force=force)
 
 

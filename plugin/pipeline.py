@@ -6,7 +6,7 @@
                                             │
                  RewriteCache ◄─────────────┤ miss
                                             ▼
-                                  MicroBatcher ─► Rewriter / FastRewriter
+                                  MicroBatcher ─► OnnxRewriter / FastRewriter / Rewriter
                                             │ check_prompt: accept | retry (sample) | raw query
                                             ▼
           image prompt ─► CLIP text encoder ─► ImageIndex (FAISS) ─┐

@@ -30,6 +30,10 @@ near-ties); sampling draws from the same distribution (bans, then temperature, t
 with CTranslate2's own random stream. torch is never imported on this path (it alone takes
 ~0.5 GB resident): the CLIP window is measured by :func:`clip_token_count_light`, CLIP's text
 cleaning and BPE re-run over open_clip's merge table, checked against open_clip in the tests.
+
+Shared with the ONNX Runtime engine (``rewriters.onnx_engine``): the routing of requests to
+PyTorch (:class:`TorchFallback`), the export checks and the atomic install of an export.
+:func:`load_engine` picks among the three engines.
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "ctranslate2", "torch")  # auto: ctranslate2 when a current export exists
+ENGINES = ("auto", "onnx", "ctranslate2", "torch")  # auto: the first with a current export
 QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
                  "bfloat16", "float32")  # weight storage in the export
 COMPUTE_TYPES = ("default", "auto") + QUANTIZATIONS  # "default": as stored (int8 -> int8_float32)
@@ -160,25 +164,49 @@ def export_problem(model_dir: str | Path, ct2_dir: str | Path | None = None) -> 
     Cheap (reads two JSON files): the export must exist, be complete and have been made from
     the model version in ``udrl.json``. The banned-token digest is checked on load.
     """
+    out = Path(ct2_dir) if ct2_dir else Path(model_dir) / EXPORT_DIR
+    return _check_export(model_dir, out, ("model.bin", "config.json", "vocabulary.json"),
+                        "CTranslate2", EXPORT_FORMAT)
+
+
+def _check_export(model_dir: str | Path, out: Path, files: Sequence[str], label: str,
+                 export_format: int) -> str | None:
+    """Why the ``label`` export in ``out`` cannot serve ``model_dir``, or None when it can.
+
+    Shared by the engines' ``*_export_problem``: ``out`` holds ``files`` and an
+    ``udrl_export.json`` of ``export_format`` made from the model version in ``udrl.json``.
+    """
     p = Path(model_dir)
-    out = Path(ct2_dir) if ct2_dir else p / EXPORT_DIR
     if not out.is_dir():
-        return f"no CTranslate2 export in {out}"
-    missing = [n for n in ("model.bin", "config.json", "vocabulary.json", EXPORT_INFO)
-               if not (out / n).is_file()]
+        return f"no {label} export in {out}"
+    missing = [n for n in (*files, EXPORT_INFO) if not (out / n).is_file()]
     if missing:
-        return f"CTranslate2 export {out} is incomplete: {', '.join(missing)} missing"
+        return f"{label} export {out} is incomplete: {', '.join(missing)} missing"
     try:
         version = json.loads((p / "udrl.json").read_text())["version"]
         info = _read_export(out)
     except (OSError, KeyError, json.JSONDecodeError, ModelError) as e:
         return f"cannot read the model or export description ({e})"
-    if info.get("format") != EXPORT_FORMAT:
-        return f"export format {info.get('format')} in {out} is not {EXPORT_FORMAT}"
+    if info.get("format") != export_format:
+        return f"export format {info.get('format')} in {out} is not {export_format}"
     if info.get("model_version") != version:
-        return (f"CTranslate2 export {out} is stale: made from model version "
+        return (f"{label} export {out} is stale: made from model version "
                 f"{info.get('model_version')}, the model is {version}")
     return None
+
+
+def _install_export(tmp: Path, out: Path) -> None:
+    """Move the finished export ``tmp`` to ``out``; a previous export is replaced only on success."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    try:
+        tmp.rename(out)
+    except OSError:
+        if old.exists():
+            old.rename(out)  # keep the previous export rather than none
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def export_ctranslate2(model_dir: str | Path, out_dir: str | Path | None = None,
@@ -229,16 +257,7 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path | None = None,
     try:
         _converter(p, tokenizer, banned).convert(str(tmp), quantization=quantization, force=True)
         (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            out.rename(old)
-        try:
-            tmp.rename(out)
-        except OSError:
-            if old.exists():
-                old.rename(out)  # keep the previous export rather than none
-            raise
-        shutil.rmtree(old, ignore_errors=True)
+        _install_export(tmp, out)
     except ModelError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -271,53 +290,26 @@ def _first_extra_ban(tail: Sequence[int], seq: Sequence[int], banned: np.ndarray
     return None
 
 
-class FastRewriter(RewriterBase):
-    """Generates prompts on CTranslate2 with the same API, commands and cleanup as ``Rewriter``.
+class TorchFallback:
+    """Routes the requests a serving engine cannot answer identically to the PyTorch ``Rewriter``.
 
-    Args:
-        generator: a ``ctranslate2.Generator`` over an export made by ``export_ctranslate2``.
-        tokenizer, meta, output_vocab: the model directory's (see ``load_model_dir``).
-        export: the export's ``udrl_export.json``; its model version and banned-token digest
-            must match ``meta`` and the bans computed here.
-        batch_size: inputs per ``rewrite_batch`` batch.
-        fallback: builds the PyTorch ``Rewriter`` for requests CTranslate2 cannot serve
-            identically (``strict_length``, beam search, seeded sampling); None refuses them
-            with a ConfigError.
+    Mixed in before ``RewriterBase`` by the engines that serve without torch: subclasses say
+    which requests leave them (``fallback_reason``); those run on the PyTorch engine of the same
+    model directory, built by ``fallback`` on first need (logged once), or are refused with a
+    ConfigError when there is none. Everything else runs on the engine's ``_generate``.
     """
 
-    def __init__(self, generator, tokenizer, meta: RewriterMeta,
-                 output_vocab: Sequence[int] | None = None, *, export: dict[str, Any],
-                 batch_size: int = 32, fallback: Callable[[], Rewriter] | None = None):
-        super().__init__(tokenizer, meta, n_rows=int(export["vocab_rows"]),
-                         n_positions=int(export["n_positions"]), batch_size=batch_size)
-        self.generator = generator
-        self.export = export
-        self.banned = restrict_output(self._always_banned, output_vocab, self.end_id)
-        allowed = int((~self.banned).sum())
-        # Sampling: the banned rows have probability 0, so taking the top `allowed` first draws
-        # from the same distribution and spares a sort of the whole vocabulary every step.
-        self._sample_topk = allowed if allowed <= len(self.banned) // 4 else 0
-        if export.get("model_version") != meta.version:
-            raise ModelError(f"CTranslate2 export is of model version {export.get('model_version')}"
-                             f", not {meta.version}; re-export with `udrl export`")
-        if export.get("banned_digest") != _banned_digest(self.banned):
-            raise ModelError("the CTranslate2 export bans other tokens than this model "
-                             "directory (tokenizer or output_vocab.json changed); re-export "
-                             "with `udrl export`")
+    _loader = "load_fast_rewriter"  # named in the error when no fallback is configured
+
+    def _init_fallback(self, fallback: Callable[[], Rewriter] | None) -> None:
         self._make_fallback = fallback
         self._fallback: Rewriter | None = None
         self._fallback_lock = threading.Lock()
 
     @staticmethod
     def fallback_reason(strict_length: bool, decoding: str, seed: int | None = None) -> str | None:
-        """Why a request runs on the PyTorch engine, or None when CTranslate2 serves it."""
-        if strict_length:
-            return "strict_length needs per-step word counting (no Python logits processors)"
-        if decoding == "beam":
-            return "beam scores are normalised differently by CTranslate2 and transformers"
-        if decoding == "sample" and seed is not None:
-            return "CTranslate2 cannot reseed a running generator: seeded sampling"
-        return None
+        """Why a request runs on the PyTorch engine, or None when this engine serves it."""
+        raise NotImplementedError
 
     def torch_engine(self) -> Rewriter:
         """The PyTorch ``Rewriter`` of the same model directory, loaded on first use."""
@@ -326,7 +318,7 @@ class FastRewriter(RewriterBase):
                 if self._make_fallback is None:
                     raise ConfigError("this request needs the PyTorch engine and none is "
                                       "configured; load with engine='torch' or "
-                                      "load_fast_rewriter(fallback=True)")
+                                      f"{self._loader}(fallback=True)")
                 engine = self._make_fallback()
                 if engine.version != self.version:
                     raise ModelError(f"fallback model version {engine.version} is not "
@@ -359,6 +351,56 @@ class FastRewriter(RewriterBase):
             raise ConfigError(f"temperature {temperature} must be > 0 and top_p {top_p} "
                               "in (0, 1]")
         return super().rewrite_batch(items, **kw)
+
+    def _clip_tokens(self, text: str) -> int:
+        return clip_token_count_light(text)  # open_clip's tokenizer would import torch
+
+
+class FastRewriter(TorchFallback, RewriterBase):
+    """Generates prompts on CTranslate2 with the same API, commands and cleanup as ``Rewriter``.
+
+    Args:
+        generator: a ``ctranslate2.Generator`` over an export made by ``export_ctranslate2``.
+        tokenizer, meta, output_vocab: the model directory's (see ``load_model_dir``).
+        export: the export's ``udrl_export.json``; its model version and banned-token digest
+            must match ``meta`` and the bans computed here.
+        batch_size: inputs per ``rewrite_batch`` batch.
+        fallback: builds the PyTorch ``Rewriter`` for requests CTranslate2 cannot serve
+            identically (``strict_length``, beam search, seeded sampling); None refuses them
+            with a ConfigError.
+    """
+
+    def __init__(self, generator, tokenizer, meta: RewriterMeta,
+                 output_vocab: Sequence[int] | None = None, *, export: dict[str, Any],
+                 batch_size: int = 32, fallback: Callable[[], Rewriter] | None = None):
+        super().__init__(tokenizer, meta, n_rows=int(export["vocab_rows"]),
+                         n_positions=int(export["n_positions"]), batch_size=batch_size)
+        self.generator = generator
+        self.export = export
+        self.banned = restrict_output(self._always_banned, output_vocab, self.end_id)
+        allowed = int((~self.banned).sum())
+        # Sampling: the banned rows have probability 0, so taking the top `allowed` first draws
+        # from the same distribution and spares a sort of the whole vocabulary every step.
+        self._sample_topk = allowed if allowed <= len(self.banned) // 4 else 0
+        if export.get("model_version") != meta.version:
+            raise ModelError(f"CTranslate2 export is of model version {export.get('model_version')}"
+                             f", not {meta.version}; re-export with `udrl export`")
+        if export.get("banned_digest") != _banned_digest(self.banned):
+            raise ModelError("the CTranslate2 export bans other tokens than this model "
+                             "directory (tokenizer or output_vocab.json changed); re-export "
+                             "with `udrl export`")
+        self._init_fallback(fallback)
+
+    @staticmethod
+    def fallback_reason(strict_length: bool, decoding: str, seed: int | None = None) -> str | None:
+        """Why a request runs on the PyTorch engine, or None when CTranslate2 serves it."""
+        if strict_length:
+            return "strict_length needs per-step word counting (no Python logits processors)"
+        if decoding == "beam":
+            return "beam scores are normalised differently by CTranslate2 and transformers"
+        if decoding == "sample" and seed is not None:
+            return "CTranslate2 cannot reseed a running generator: seeded sampling"
+        return None
 
     def _seed(self, seed: int) -> None:
         pass  # greedy is deterministic; seeded sampling is routed to PyTorch
@@ -415,9 +457,6 @@ class FastRewriter(RewriterBase):
             for r, new in zip(rows, news):
                 seqs[r] = seqs[r][:step] + new
 
-    def _clip_tokens(self, text: str) -> int:
-        return clip_token_count_light(text)
-
 
 def _device_index(device: str) -> tuple[str, int]:
     name, _, index = device.partition(":")
@@ -471,29 +510,53 @@ def load_fast_rewriter(path: str | Path, compute_type: str = "default", intra_th
 def load_engine(path: str | Path, engine: str = "auto", *, device: str = "cpu",
                 batch_size: int = 32, compute_type: str = "default", intra_threads: int = 0,
                 inter_threads: int = 1) -> RewriterBase:
-    """Load a rewriter on the chosen engine; both have the same ``rewrite_batch`` API.
+    """Load a rewriter on the chosen engine; all have the same ``rewrite_batch`` API.
 
     Args:
-        engine: "ctranslate2" (needs a current export), "torch", or "auto": ctranslate2 when
-            ``<path>/ctranslate2`` is a current export of this model version, else torch.
-        compute_type, intra_threads, inter_threads: CTranslate2 settings (see
-            :func:`load_fast_rewriter`); ignored by torch.
+        engine: "onnx" or "ctranslate2" (each needs a current export), "torch", or "auto":
+            the first of onnx (``<path>/onnx``, CPU only), ctranslate2 (``<path>/ctranslate2``)
+            whose export is current for this model version and loads, else torch; the log
+            says why an engine was passed over.
+        intra_threads: threads per batch for ONNX Runtime and CTranslate2 (0: their default).
+        compute_type, inter_threads: CTranslate2 settings (see :func:`load_fast_rewriter`).
+        device: torch and CTranslate2 device; the ONNX engine runs on "cpu" only.
     """
     if engine not in ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; allowed: {', '.join(ENGINES)}")
+    from .onnx_engine import load_onnx_rewriter, onnx_export_problem
+
     fast = dict(compute_type=compute_type, intra_threads=intra_threads,
                 inter_threads=inter_threads, device=device, batch_size=batch_size)
+    loaders: dict[str, tuple[Callable[[], RewriterBase], Callable[[str | Path], str | None]]] = {
+        "onnx": (lambda: load_onnx_rewriter(path, intra_threads=intra_threads,
+                                            batch_size=batch_size), onnx_export_problem),
+        "ctranslate2": (lambda: load_fast_rewriter(path, **fast), export_problem),
+    }
+    if engine == "onnx" and device != "cpu":
+        raise ConfigError(f"the onnx engine runs on cpu only, not {device!r}; use "
+                          "engine='ctranslate2' or 'torch' there")
+    if engine in loaders:
+        return loaders[engine][0]()
     if engine == "torch":
         return load_rewriter(path, device=device, batch_size=batch_size)
-    if engine == "ctranslate2":
-        return load_fast_rewriter(path, **fast)
-    problem = export_problem(path) if Path(path, "udrl.json").is_file() else "no model"
-    if problem is None:
-        try:
-            return load_fast_rewriter(path, **fast)
-        except ModelError as e:
-            problem = str(e)
-    log.info("rewriter engine: torch (%s)", problem)
+    passed: list[str] = []
+    has_model = Path(path, "udrl.json").is_file()
+    for name, (load, problem_of) in loaders.items():
+        if name == "onnx" and device != "cpu":
+            passed.append(f"onnx: runs on cpu only, not {device}")
+            continue
+        problem = problem_of(path) if has_model else "no model"
+        if problem is None:
+            try:
+                rw = load()
+            except ModelError as e:
+                problem = str(e)
+            else:
+                if passed:
+                    log.info("rewriter engine: %s (%s)", name, "; ".join(passed))
+                return rw
+        passed.append(f"{name}: {problem}")
+    log.info("rewriter engine: torch (%s)", "; ".join(passed))
     return load_rewriter(path, device=device, batch_size=batch_size)
 
 

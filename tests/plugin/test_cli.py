@@ -62,6 +62,16 @@ def test_offline_flow_distill_train_rewrite_intent_eval(workspace, capsys):
     assert code == 0, err
     assert "round 0:" in out and "round 1:" in out and "saved to" in out
     assert (workspace / "rewriter" / "loss_curve.png").is_file()
+    # train ends with both serving exports; `udrl export` redoes one, and auto serves ONNX
+    assert "ONNX Runtime export for serving:" in out and "CTranslate2 export for serving:" in out
+    code, out, err = run(capsys, *base(workspace), "export", "--engine", "onnx",
+                         "--quantization", "float32")
+    assert code == 0 and out.startswith("ONNX Runtime export:"), err
+    assert json.loads((workspace / "rewriter" / "onnx" / "udrl_export.json").read_text())[
+        "quantization"] == "float32"
+    code, out, err = run(capsys, *base(workspace), "rewrite", "holiday sale", "--task",
+                         "template", "--length", "7", "--decoding", "greedy", "--json")
+    assert code == 0, err
 
     code, out, err = run(capsys, *base(workspace), "rewrite", "holiday sale", "--task",
                          "template", "--length", "7", "-n", "2", "--strict-length", "--json")
@@ -123,6 +133,7 @@ def test_index_commands_build_and_publish(workspace, tmp_path, capsys):
         (["intent", "cabin", "--model", "/nonexistent/intent"], "error: "),
         (["--config", "/nonexistent.toml", "rewrite", "x"], "error: config file /nonexistent.toml does not exist"),
         (["bogus"], "error: No such command 'bogus'"),
+        (["export", "--engine", "tvm"], "error: unknown engine 'tvm'; allowed: all, onnx, ctranslate2"),
     ],
 )
 def test_bad_input_gives_one_error_line_and_exit_2(tmp_path, capsys, argv, message):

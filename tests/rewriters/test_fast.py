@@ -284,8 +284,8 @@ def test_failed_export_leaves_nothing_behind(tiny_model_copy, monkeypatch):
 
 
 def test_bad_options_list_the_allowed_values(tiny_model_copy, tmp_path):
-    with pytest.raises(ConfigError, match="engine 'onnx'; allowed: auto, ctranslate2, torch"):
-        load_engine(tiny_model_copy, "onnx")
+    with pytest.raises(ConfigError, match="engine 'tvm'; allowed: auto, onnx, ctranslate2, torch"):
+        load_engine(tiny_model_copy, "tvm")
     with pytest.raises(ConfigError, match="unknown quantization 'int4'; allowed: int8"):
         export_ctranslate2(tiny_model_copy, quantization="int4")
     with pytest.raises(ConfigError, match="unknown compute_type 'fp8'; allowed: default"):

@@ -1,0 +1,356 @@
+"""The ONNX Runtime engine: the rewriter as an ONNX graph (int8 weights), same API and commands.
+
+A model directory may hold its export next to the weights::
+
+    <model_dir>/onnx/   model.onnx        GPT-2 with an explicit KV cache (see ``onnx_graph``)
+                        udrl_export.json  model version, quantization, banned-token digest
+
+The decoding loop is this module's own, in numpy, so it enforces the commands exactly as the
+PyTorch ``Rewriter``'s logits processor does:
+
+* banned tokens and the output vocabulary: the graph's output layer keeps only the rows of
+  tokens that may be emitted (``restrict_output``), so a banned token has no logit at all
+  (the export records a digest of the banned set; a model directory whose bans changed
+  refuses the export);
+* the repeated-3-gram ban: :func:`ban_repeated_trigrams` over the generated tokens only;
+* sampling: bans, then temperature, then transformers' nucleus rule, drawn from a numpy
+  ``Generator`` that ``seed`` resets, so seeded sampling is reproducible on this engine (its
+  random stream is not torch's: the same seed gives other prompts than ``Rewriter``);
+* ``strict_length`` and beam search run on the PyTorch ``Rewriter`` (``TorchFallback``): the
+  word-count rules and beam bookkeeping are not worth a second implementation.
+
+Greedy output equals the PyTorch engine's for a float32 export (up to float rounding on exact
+near-ties); int8 weights (``quantize_dynamic``, QInt8) change the logits slightly. Rows that
+end are dropped from the batch and its cache. torch is never imported on the serving path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, ModelError
+from .fast import (
+    EXPORT_INFO,
+    TorchFallback,
+    _banned_digest,
+    _check_export,
+    _install_export,
+    _model_bans,
+    _read_export,
+)
+from .generate import NGRAM_BAN, Rewriter, RewriterBase, load_rewriter, restrict_output
+from .model import RewriterMeta, read_model_dir
+
+__all__ = [
+    "ONNX_DIR",
+    "ONNX_QUANTIZATIONS",
+    "OnnxRewriter",
+    "ban_repeated_trigrams",
+    "sample_nucleus",
+    "export_onnx",
+    "load_onnx_rewriter",
+    "onnx_export_problem",
+]
+
+log = logging.getLogger(__name__)
+
+ONNX_DIR = "onnx"  # the export's folder inside the model directory
+ONNX_QUANTIZATIONS = ("int8", "float32")  # int8: dynamic QInt8 weights (~4x smaller, faster)
+ONNX_FORMAT = 1
+MODEL_FILE = "model.onnx"
+
+
+def onnx_export_problem(model_dir: str | Path, onnx_dir: str | Path | None = None) -> str | None:
+    """Why the ONNX export of ``model_dir`` cannot serve it, or None when it can.
+
+    Cheap (reads two JSON files): the export must exist, be complete and have been made from
+    the model version in ``udrl.json``. The banned-token digest is checked on load.
+    """
+    out = Path(onnx_dir) if onnx_dir else Path(model_dir) / ONNX_DIR
+    return _check_export(model_dir, out, (MODEL_FILE,), "ONNX", ONNX_FORMAT)
+
+
+def export_onnx(model_dir: str | Path, out_dir: str | Path | None = None,
+                quantization: str = "int8", force: bool = False) -> Path:
+    """Export a rewriter model directory to ONNX for serving on ONNX Runtime.
+
+    The float32 graph is checked against torch (ModelError beyond 1e-3) before it is
+    quantized; everything is written to a temporary folder and renamed into place, so a failed
+    run never leaves a half export. Needs torch, transformers and onnx (it reads the weights).
+
+    Args:
+        model_dir: a directory written by ``save_model_dir``.
+        out_dir: where to write; default ``<model_dir>/onnx`` (what ``auto`` looks for).
+        quantization: "int8" (dynamic QInt8 weights, fastest on CPU) or "float32" (the
+            PyTorch weights as they are).
+        force: replace an existing export. Without it an export that is already current (same
+            model version, quantization and bans) is kept and returned; any other raises.
+    Returns:
+        The export folder.
+    """
+    if quantization not in ONNX_QUANTIZATIONS:
+        raise ConfigError(f"unknown quantization {quantization!r}; allowed: "
+                          f"{', '.join(ONNX_QUANTIZATIONS)}")
+    p, meta, tokenizer, output_vocab, hf_config = read_model_dir(model_dir)
+    if not (p / "model.safetensors").is_file():
+        raise ModelError(f"model directory {p} is incomplete: model.safetensors is missing")
+    out = Path(out_dir) if out_dir else p / ONNX_DIR
+    n_rows = int(hf_config["vocab_size"])
+    banned = _model_bans(meta, tokenizer, output_vocab, n_rows)
+    info = {
+        "format": ONNX_FORMAT,
+        "model_version": meta.version,
+        "quantization": quantization,
+        "banned_digest": _banned_digest(banned),
+        "vocab_rows": n_rows,
+        "n_positions": int(hf_config["n_positions"]),
+        "onnxruntime": _ort_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if out.exists() and not force:
+        if onnx_export_problem(p, out) is None:
+            old = _read_export(out)
+            if all(old.get(k) == info[k] for k in ("quantization", "banned_digest")):
+                return out
+        raise ModelError(f"{out} already exists and is not a current {quantization} export "
+                         "of this model; pass force=True to replace it")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        info["float32_max_diff"] = _write_model(p, np.flatnonzero(~banned), n_rows, tmp,
+                                                quantization)
+        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        _install_export(tmp, out)
+    except ModelError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as e:  # exporter and quantizer errors come as many types
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"ONNX export of {p} failed: {type(e).__name__}: {e}") from e
+    log.info("exported %s to %s (%s)", p, out, quantization)
+    return out
+
+
+def _write_model(model_dir: Path, columns: np.ndarray, n_rows: int, tmp: Path,
+                 quantization: str) -> float:
+    """Write ``tmp/model.onnx``; returns the float32 graph's largest logit difference to torch."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from .onnx_graph import check_graph, write_graph
+
+    model = GPT2LMHeadModel.from_pretrained(model_dir, dtype=torch.float32).eval()
+    rows = model.lm_head.weight.shape[0]
+    if rows != n_rows:
+        raise ModelError(f"output layer has {rows} rows, config.json says {n_rows}")
+    fp32 = tmp / (MODEL_FILE if quantization == "float32" else "model.fp32.onnx")
+    write_graph(model, columns, fp32)
+    diff = check_graph(model, columns, fp32)
+    if quantization == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(fp32, tmp / MODEL_FILE, weight_type=QuantType.QInt8)
+        fp32.unlink()
+    return diff
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def ban_repeated_trigrams(gen: np.ndarray, scores: np.ndarray) -> None:
+    """``generate._ban_repeated_trigrams`` in numpy: -inf on tokens repeating a generated 3-gram.
+
+    Args:
+        gen: (R, t) ids generated so far (the query is not part of it).
+        scores: (R, V) scores of the next id, changed in place.
+    """
+    if gen.shape[1] < NGRAM_BAN:  # the pair/triple logic below is written for NGRAM_BAN == 3
+        return
+    match = (gen[:, :-2] == gen[:, -2:-1]) & (gen[:, 1:-1] == gen[:, -1:])  # (R, t-2)
+    rows, cols = np.nonzero(match)
+    if rows.size:
+        scores[rows, gen[:, 2:][rows, cols]] = -np.inf
+
+
+def sample_nucleus(scores: np.ndarray, top_p: float, rng: np.random.Generator) -> np.ndarray:
+    """One draw per row from softmax(scores) cut to transformers' nucleus (``TopPLogitsWarper``).
+
+    A token is kept when the tokens more probable than it hold less than ``top_p``; the most
+    probable one always is. Args: scores (R, V) (already divided by the temperature).
+    Returns: (R,) chosen indices.
+    """
+    z = scores.astype(np.float64)
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    rows, v = probs.shape
+    if top_p >= 1:
+        top, kept = np.broadcast_to(np.arange(v), (rows, v)), probs
+    else:
+        k = min(v, 64)
+        while True:  # the k most probable first: a sort of the whole vocabulary is rarely needed
+            top = np.argpartition(-probs, k - 1, axis=1)[:, :k] if k < v else np.argsort(-probs, 1)
+            kept = np.take_along_axis(probs, top, 1)
+            order = np.argsort(-kept, axis=1, kind="stable")
+            top, kept = np.take_along_axis(top, order, 1), np.take_along_axis(kept, order, 1)
+            if k == v or (kept.sum(1) >= top_p).all():
+                break
+            k = min(v, k * 8)
+        before = np.cumsum(kept, 1) - kept  # (R, k) probability of the more probable tokens
+        kept = np.where((before < top_p) | (np.arange(kept.shape[1]) == 0), kept, 0.0)
+    cum = np.cumsum(kept, 1)
+    u = rng.random(rows) * cum[:, -1]
+    pick = np.minimum((cum <= u[:, None]).sum(1), kept.shape[1] - 1)  # first cum > u
+    return top[np.arange(rows), pick]
+
+
+class OnnxRewriter(TorchFallback, RewriterBase):
+    """Generates prompts on ONNX Runtime with the same API, commands and cleanup as ``Rewriter``.
+
+    Args:
+        session: an ``onnxruntime.InferenceSession`` over an export made by ``export_onnx``.
+        tokenizer, meta, output_vocab: the model directory's (see ``load_model_dir``).
+        export: the export's ``udrl_export.json``; its model version and banned-token digest
+            must match ``meta`` and the bans computed here.
+        batch_size: inputs per ``rewrite_batch`` batch.
+        fallback: builds the PyTorch ``Rewriter`` for ``strict_length`` and beam search; None
+            refuses them with a ConfigError.
+    """
+
+    _loader = "load_onnx_rewriter"
+
+    def __init__(self, session, tokenizer, meta: RewriterMeta,
+                 output_vocab: Sequence[int] | None = None, *, export: dict[str, Any],
+                 batch_size: int = 32, fallback: Callable[[], Rewriter] | None = None):
+        super().__init__(tokenizer, meta, n_rows=int(export["vocab_rows"]),
+                         n_positions=int(export["n_positions"]), batch_size=batch_size)
+        self.session = session
+        self.export = export
+        self.banned = restrict_output(self._always_banned, output_vocab, self.end_id)
+        self.columns = np.flatnonzero(~self.banned)  # (C,) token id of each logits column
+        self._end_col = int(np.searchsorted(self.columns, self.end_id))
+        if export.get("model_version") != meta.version:
+            raise ModelError(f"ONNX export is of model version {export.get('model_version')}"
+                             f", not {meta.version}; re-export with `udrl export`")
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        if (export.get("banned_digest") != _banned_digest(self.banned)
+                or outputs[0].shape[-1] != len(self.columns)):
+            raise ModelError("the ONNX export bans other tokens than this model directory "
+                             "(tokenizer or output_vocab.json changed); re-export with "
+                             "`udrl export`")
+        self._past_names = [i.name for i in inputs[3:]]
+        _, heads, _, head_dim = inputs[3].shape  # (batch, H, past, D)
+        self._cache_shape = (int(heads), int(head_dim))
+        self._rng = np.random.default_rng()
+        self._init_fallback(fallback)
+
+    @staticmethod
+    def fallback_reason(strict_length: bool, decoding: str, seed: int | None = None) -> str | None:
+        """Why a request runs on the PyTorch engine, or None when ONNX Runtime serves it."""
+        if strict_length:
+            return "strict_length's word counting runs in the PyTorch logits processor"
+        if decoding == "beam":
+            return "beam search runs on transformers"
+        return None
+
+    def _seed(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def _step(self, ids: np.ndarray, pos: np.ndarray, mask: np.ndarray,
+              past: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(logits (B, C), presents) for token ids (B, S) at positions (B, S) after ``past``."""
+        feeds = {"input_ids": ids, "position_ids": pos, "attention_mask": mask}
+        feeds.update(zip(self._past_names, past))
+        logits, *presents = self.session.run(None, feeds)
+        return logits, presents
+
+    def _generate(self, chunk, n, strict, decoding, temperature, top_p, num_beams):
+        assert not strict and decoding != "beam"  # routed to the fallback in rewrite_batch
+        encoded, width, budget = self._plan(chunk, strict)
+        ids = np.full((len(encoded), width), self.end_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for i, e in enumerate(encoded):  # left padding: generation continues on the right
+            ids[i, width - len(e):] = e
+            mask[i, width - len(e):] = 1
+        pos = np.where(mask == 1, mask.cumsum(1) - 1, 0)  # as transformers' generate makes them
+        empty = np.zeros((len(encoded), self._cache_shape[0], 0, self._cache_shape[1]),
+                         np.float32)  # (B, H, 0, D): nothing cached yet
+        logits, past = self._step(ids, pos, mask, [empty] * len(self._past_names))
+        if n > 1:  # n draws per item share one prefill
+            logits, mask, pos = (np.repeat(a, n, axis=0) for a in (logits, mask, pos))
+            past = [np.repeat(a, n, axis=0) for a in past]
+        rows = logits.shape[0]
+        gen = np.zeros((rows, budget), dtype=np.int64)  # chosen logits columns
+        length = np.full(rows, budget)
+        alive = np.arange(rows)  # which row each batch row is
+        nxt_pos = pos[:, -1:] + 1  # (A, 1)
+        for step in range(budget):
+            scores = logits
+            if step >= NGRAM_BAN:
+                ban_repeated_trigrams(gen[alive, :step], scores)
+            if decoding == "greedy":
+                choice = scores.argmax(1)
+            else:
+                choice = sample_nucleus(scores / np.float32(temperature), top_p, self._rng)
+            gen[alive, step] = choice
+            ended = choice == self._end_col
+            length[alive[ended]] = step + 1
+            if step + 1 == budget or ended.all():
+                break
+            if ended.any():  # finished rows leave the batch and its cache
+                keep = ~ended
+                alive, choice, mask, nxt_pos = alive[keep], choice[keep], mask[keep], nxt_pos[keep]
+                past = [a[keep] for a in past]
+            mask = np.concatenate([mask, np.ones((len(alive), 1), np.int64)], 1)
+            logits, past = self._step(self.columns[choice][:, None], nxt_pos, mask, past)
+            nxt_pos = nxt_pos + 1
+        seqs = [self.columns[gen[r, :length[r]]].tolist() for r in range(rows)]
+        return [[self._finish(seqs[i * n + j], c) for j in range(n)]
+                for i, (_, c) in enumerate(chunk)]
+
+
+def load_onnx_rewriter(path: str | Path, intra_threads: int = 0, batch_size: int = 32,
+                       fallback: bool = True) -> OnnxRewriter:
+    """Load the ONNX export of a rewriter directory on ONNX Runtime (CPU).
+
+    Args:
+        path: the model directory (its export lives in ``<path>/onnx``).
+        intra_threads: threads per batch (0: ONNX Runtime's default, one per core).
+        batch_size: inputs per batch.
+        fallback: load the PyTorch engine on first need (strict_length, beam search).
+    """
+    import onnxruntime as ort
+
+    if intra_threads < 0:
+        raise ConfigError(f"intra_threads {intra_threads} must be >= 0")
+    p = Path(path)
+    problem = onnx_export_problem(p) if (p / "udrl.json").is_file() else None
+    if problem:  # checked first: it is cheap, the tokenizer is not
+        raise ModelError(f"{problem}; run `udrl export` (rewriters.onnx_engine.export_onnx)")
+    p, meta, tokenizer, output_vocab, _ = read_model_dir(p)
+    out = p / ONNX_DIR
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        session = ort.InferenceSession(str(out / MODEL_FILE), opts,
+                                       providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ModelError(f"cannot load the ONNX model in {out}: {e}") from e
+    make = (lambda: load_rewriter(p, batch_size=batch_size)) if fallback else None
+    return OnnxRewriter(session, tokenizer, meta, output_vocab, export=_read_export(out),
+                        batch_size=batch_size, fallback=make)
