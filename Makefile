@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(UDRL) distill
 	$(UDRL) train
 	$(UDRL) train-intent
-	$(UDRL) eval-rewriter --commands 100
+	$(UDRL) eval-rewriter --commands 200
 	$(UDRL) rewrite-batch plugin/presets/head_queries.txt
 	$(UDRL) demo
 

@@ -206,7 +206,8 @@ def eval_rewriter(
     if commands < 10:
         raise UdrlError(f"commands {commands} is too few for a report; use 10 or more")
     report = eval_rewriter_job(_settings(ctx), commands, progress=True, out=out)
-    typer.echo(f"model {report['version']} on {report['commands']} held-out commands")
+    typer.echo(f"model {report['version']} ({report['engine']}) on {report['commands']} "
+               "held-out commands")
     typer.echo(f"{'mode':<14} {'len MSE':>8} {'±2 words':>9} {'exact':>6} {'distinct-2':>10}  "
                "mean relevance by requested bucket 0..4")
     for name, m in report["modes"].items():

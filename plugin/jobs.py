@@ -168,20 +168,23 @@ def eval_rewriter_job(settings: Settings, n_commands: int = 300, progress: bool 
                       out: Path | None = None) -> dict[str, Any]:
     """Measure command obedience on held-out commands (and intent accuracy) and write a report.
 
-    Writes ``<reports>/eval_rewriter.json``, a per-item JSONL and a length-error histogram.
+    Generates on the engine the service would use (``pipeline.engine``; strict length runs on
+    its PyTorch fallback), so the numbers are those of what is served. Writes
+    ``<reports>/eval_rewriter.json``, a per-item JSONL and a length-error histogram.
     """
     from rewriters.evaluate import evaluate_rewriter, held_out_commands, plot_length_errors
-    from rewriters.generate import load_rewriter
 
-    rewriter = load_rewriter(settings.model_dir, device=settings.device,
-                             batch_size=settings.generation.batch_size)
+    from .hook import load_engine
+
+    rewriter = load_engine(settings)
     heldout = settings.model_dir / "heldout.jsonl"
     if not heldout.is_file():
         raise ModelError(f"{heldout} is missing; it is written by `udrl train`")
     scorer = make_scorer(settings)
     commands = held_out_commands(read_examples(heldout).examples, n_commands, settings.train.seed)
     report: dict[str, Any] = {"model": str(settings.model_dir), "version": rewriter.version,
-                              "commands": len(commands), "modes": {}}
+                              "engine": type(rewriter).__name__, "commands": len(commands),
+                              "modes": {}}
     rows_by_mode = {}
     for name, strict, decoding in EVAL_MODES:
         metrics, rows = evaluate_rewriter(rewriter, scorer, commands, strict_length=strict,
