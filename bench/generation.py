@@ -28,6 +28,10 @@ Per batch size (1, 8, 32 inputs: command tokens, a query of 1-9 words, ``<|promp
 (tokens/s, per batch size). Targets (2-core CPU): >= 200 tokens/s at batch 1,
 >= 1,000 tokens/s under batching, <= 500 MB resident for the rewriter.
 
+``int8_ceiling``: this machine's memory read bandwidth (a 512 MiB float32 sum, median of 7) over
+the int8 bytes every new token reads (all weights but the position embeddings), i.e. the
+batch-1 tokens/s no int8 engine can pass here: a baseline the batch-1 target can be judged by.
+
 Run: ``python -m bench.generation [--quick]`` prints the result as JSON (``--quick``: the tiny
 test model, batches 1 and 8, 16 new tokens).
 """
@@ -258,6 +262,38 @@ def _build(model_dir: Path, preset: str) -> dict[str, Any]:
                                         / 2**20, 1)}
 
 
+def _memory_read_gb_s(threads: int, mib: int = 512, reps: int = 7) -> float:
+    """Memory read bandwidth: median time of a float32 sum over ``mib`` MiB on ``threads``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    x = torch.ones(mib * 2**20 // 4)
+    for _ in range(2):
+        x.sum()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        x.sum()
+        times.append(time.perf_counter() - t0)
+    return x.numel() * 4 / statistics.median(times) / 1e9
+
+
+def _ceiling(model: dict[str, Any], threads: int) -> dict[str, Any]:
+    """The batch-1 speed no int8 engine can pass here: every new token reads every weight once.
+
+    Bytes per token: one byte per parameter (int8) except the position embeddings, of which a
+    step reads one row; the output layer is the tied token embedding, read whole.
+    """
+    from rewriters.model import MODEL_PRESETS
+
+    cfg = MODEL_PRESETS[model["preset"]]
+    per_token = model["parameters_m"] * 1e6 - cfg.n_positions * cfg.n_embd
+    gb_s = _memory_read_gb_s(threads)
+    return {"memory_read_gb_s": round(gb_s, 1),
+            "int8_mb_per_token": round(per_token / 1e6, 1),
+            "batch1_tokens_per_s": round(gb_s * 1e9 / per_token, 1)}
+
+
 def run(quick: bool = False) -> dict:
     """Build, export, then time the three engines in child processes.
 
@@ -275,6 +311,7 @@ def run(quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
         model_dir = Path(tmp) / "rewriter"
         model = _build(model_dir, preset)
+        ceiling = _ceiling(model, threads)
         engines = {e: _run_child(e, model_dir, batches, new, reps, threads)
                    for e in ("onnxruntime", "ctranslate2", "transformers")}
     ort, ct2, hf = engines["onnxruntime"], engines["ctranslate2"], engines["transformers"]
@@ -294,6 +331,7 @@ def run(quick: bool = False) -> dict:
         "transformers": hf,
         "ratio": _ratio(ct2, hf),
         "ratio_onnxruntime": _ratio(ort, hf),
+        "int8_ceiling": ceiling,
         "targets_met": None if quick else {  # the targets are for the GPT-2 small shape
             "ctranslate2": _targets(ct2), "onnxruntime": _targets(ort)},
     }
