@@ -195,6 +195,43 @@ def _check_export(model_dir: str | Path, out: Path, files: Sequence[str], label:
     return None
 
 
+def _begin_export(model_dir: str | Path, out: Path | None, default_dir: str, export_format: int,
+                  quantization: str, engine: dict[str, str], force: bool,
+                  problem: Callable[[Path, Path], str | None]):
+    """What every export starts with: the model directory read and checked, its bans, the
+    export description, and whether ``out`` already holds a current export (then kept).
+
+    Raises ModelError when ``out`` holds anything else and ``force`` is off.
+    Returns:
+        (model dir, tokenizer, banned (n_rows,) bool, out, description, current)
+    """
+    p, meta, tokenizer, output_vocab, hf_config = _read_model_dir(model_dir)
+    if not (p / "model.safetensors").is_file():
+        raise ModelError(f"model directory {p} is incomplete: model.safetensors is missing")
+    out = out or p / default_dir
+    n_rows = int(hf_config["vocab_size"])
+    banned = _model_bans(meta, tokenizer, output_vocab, n_rows)
+    info = {
+        "format": export_format,
+        "model_version": meta.version,
+        "quantization": quantization,
+        "banned_digest": _banned_digest(banned),
+        "vocab_rows": n_rows,
+        "n_positions": int(hf_config["n_positions"]),
+        **engine,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    current = False
+    if out.exists() and not force:
+        if problem(p, out) is None:
+            old = _read_export(out)
+            current = all(old.get(k) == info[k] for k in ("quantization", "banned_digest"))
+        if not current:
+            raise ModelError(f"{out} already exists and is not a current {quantization} export "
+                             "of this model; pass force=True to replace it")
+    return p, tokenizer, banned, out, info, current
+
+
 def _install_export(tmp: Path, out: Path) -> None:
     """Move the finished export ``tmp`` to ``out``; a previous export is replaced only on success."""
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -229,29 +266,11 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path | None = None,
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"unknown quantization {quantization!r}; allowed: "
                           f"{', '.join(QUANTIZATIONS)}")
-    p, meta, tokenizer, output_vocab, hf_config = _read_model_dir(model_dir)
-    if not (p / "model.safetensors").is_file():
-        raise ModelError(f"model directory {p} is incomplete: model.safetensors is missing")
-    out = Path(out_dir) if out_dir else p / EXPORT_DIR
-    n_rows = int(hf_config["vocab_size"])
-    banned = _model_bans(meta, tokenizer, output_vocab, n_rows)
-    info = {
-        "format": EXPORT_FORMAT,
-        "model_version": meta.version,
-        "quantization": quantization,
-        "banned_digest": _banned_digest(banned),
-        "vocab_rows": n_rows,
-        "n_positions": int(hf_config["n_positions"]),
-        "ctranslate2": _ct2_version(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if out.exists() and not force:
-        if export_problem(p, out) is None:
-            old = _read_export(out)
-            if all(old.get(k) == info[k] for k in ("quantization", "banned_digest")):
-                return out
-        raise ModelError(f"{out} already exists and is not a current {quantization} export "
-                         "of this model; pass force=True to replace it")
+    p, tokenizer, banned, out, info, current = _begin_export(
+        model_dir, Path(out_dir) if out_dir else None, EXPORT_DIR, EXPORT_FORMAT, quantization,
+        {"ctranslate2": _ct2_version()}, force, export_problem)
+    if current:
+        return out
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:

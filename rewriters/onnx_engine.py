@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -42,9 +41,9 @@ from .fast import (
     EXPORT_INFO,
     TorchFallback,
     _banned_digest,
+    _begin_export,
     _check_export,
     _install_export,
-    _model_bans,
     _read_export,
 )
 from .generate import NGRAM_BAN, Rewriter, RewriterBase, load_rewriter, restrict_output
@@ -100,29 +99,12 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path | None = None,
     if quantization not in ONNX_QUANTIZATIONS:
         raise ConfigError(f"unknown quantization {quantization!r}; allowed: "
                           f"{', '.join(ONNX_QUANTIZATIONS)}")
-    p, meta, tokenizer, output_vocab, hf_config = read_model_dir(model_dir)
-    if not (p / "model.safetensors").is_file():
-        raise ModelError(f"model directory {p} is incomplete: model.safetensors is missing")
-    out = Path(out_dir) if out_dir else p / ONNX_DIR
-    n_rows = int(hf_config["vocab_size"])
-    banned = _model_bans(meta, tokenizer, output_vocab, n_rows)
-    info = {
-        "format": ONNX_FORMAT,
-        "model_version": meta.version,
-        "quantization": quantization,
-        "banned_digest": _banned_digest(banned),
-        "vocab_rows": n_rows,
-        "n_positions": int(hf_config["n_positions"]),
-        "onnxruntime": _ort_version(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if out.exists() and not force:
-        if onnx_export_problem(p, out) is None:
-            old = _read_export(out)
-            if all(old.get(k) == info[k] for k in ("quantization", "banned_digest")):
-                return out
-        raise ModelError(f"{out} already exists and is not a current {quantization} export "
-                         "of this model; pass force=True to replace it")
+    p, _, banned, out, info, current = _begin_export(
+        model_dir, Path(out_dir) if out_dir else None, ONNX_DIR, ONNX_FORMAT, quantization,
+        {"onnxruntime": _ort_version()}, force, onnx_export_problem)
+    if current:
+        return out
+    n_rows = info["vocab_rows"]
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
