@@ -232,6 +232,28 @@ def _begin_export(model_dir: str | Path, out: Path | None, default_dir: str, exp
     return p, tokenizer, banned, out, info, current
 
 
+def _write_export(model_dir: Path, out: Path, info: dict[str, Any],
+                  write: Callable[[Path], dict[str, Any]], label: str) -> Path:
+    """Run ``write(tmp)`` into a fresh temporary folder, add ``udrl_export.json`` (``info`` plus
+    what ``write`` returns) and move it to ``out``; a failure leaves no debris and the previous
+    export in place. Errors come out as ModelError naming ``label``."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        info = {**info, **write(tmp)}
+        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        _install_export(tmp, out)
+    except ModelError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as e:  # converters, exporters and quantizers raise many types
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ModelError(f"{label} of {model_dir} failed: {type(e).__name__}: {e}") from e
+    log.info("exported %s to %s (%s)", model_dir, out, info["quantization"])
+    return out
+
+
 def _install_export(tmp: Path, out: Path) -> None:
     """Move the finished export ``tmp`` to ``out``; a previous export is replaced only on success."""
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
@@ -271,20 +293,12 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path | None = None,
         {"ctranslate2": _ct2_version()}, force, export_problem)
     if current:
         return out
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+
+    def write(tmp: Path) -> dict[str, Any]:
         _converter(p, tokenizer, banned).convert(str(tmp), quantization=quantization, force=True)
-        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        _install_export(tmp, out)
-    except ModelError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except Exception as e:  # converter errors come as RuntimeError, ValueError, OSError...
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ModelError(f"CTranslate2 conversion of {p} failed: {type(e).__name__}: {e}") from e
-    log.info("exported %s to %s (%s)", p, out, quantization)
-    return out
+        return {}
+
+    return _write_export(p, out, info, write, "CTranslate2 conversion")
 
 
 def _ct2_version() -> str:

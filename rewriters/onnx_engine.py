@@ -26,10 +26,7 @@ end are dropped from the batch and its cache. torch is never imported on the ser
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -38,13 +35,12 @@ import numpy as np
 
 from .errors import ConfigError, ModelError
 from .fast import (
-    EXPORT_INFO,
     TorchFallback,
     _banned_digest,
     _begin_export,
     _check_export,
-    _install_export,
     _read_export,
+    _write_export,
 )
 from .generate import NGRAM_BAN, Rewriter, RewriterBase, load_rewriter, restrict_output
 from .model import RewriterMeta, read_model_dir
@@ -104,23 +100,12 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path | None = None,
         {"onnxruntime": _ort_version()}, force, onnx_export_problem)
     if current:
         return out
-    n_rows = info["vocab_rows"]
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir(parents=True)
-        info["float32_max_diff"] = _write_model(p, np.flatnonzero(~banned), n_rows, tmp,
-                                                quantization)
-        (tmp / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        _install_export(tmp, out)
-    except ModelError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except Exception as e:  # exporter and quantizer errors come as many types
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ModelError(f"ONNX export of {p} failed: {type(e).__name__}: {e}") from e
-    log.info("exported %s to %s (%s)", p, out, quantization)
-    return out
+
+    def write(tmp: Path) -> dict[str, Any]:
+        diff = _write_model(p, np.flatnonzero(~banned), info["vocab_rows"], tmp, quantization)
+        return {"float32_max_diff": diff}
+
+    return _write_export(p, out, info, write, "ONNX export")
 
 
 def _write_model(model_dir: Path, columns: np.ndarray, n_rows: int, tmp: Path,

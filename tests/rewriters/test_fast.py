@@ -319,19 +319,27 @@ def test_serving_path_never_imports_torch(f32_dir):
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_length_markers_are_handled_the_same_by_both_engines(tiny_model_dir, tmp_path,
-                                                             tokenizer, allowed):
-    """A model that writes <|r=k|> markers: both engines may emit them and strip them alike."""
+def marker_model(src: Path, dst: Path, tokenizer, allowed) -> list[int]:
+    """Copy ``src`` to ``dst`` as a model with length markers (every 5, last 4) that may emit
+    ``allowed`` and the markers; returns the markers' ids."""
     from rewriters.commands import MARKER_TOKENS
-    from rewriters.generate import load_rewriter
 
-    dst = tmp_path / "m"
-    shutil.copytree(tiny_model_dir, dst)
+    shutil.copytree(src, dst)
     meta = json.loads((dst / "udrl.json").read_text())
     meta["marker_every"], meta["marker_tail"] = 5, 4
     (dst / "udrl.json").write_text(json.dumps(meta))
     marks = tokenizer.convert_tokens_to_ids(list(MARKER_TOKENS))
     (dst / "output_vocab.json").write_text(json.dumps(sorted(set(allowed) | set(marks))))
+    return marks
+
+
+def test_length_markers_are_handled_the_same_by_both_engines(tiny_model_dir, tmp_path,
+                                                             tokenizer, allowed):
+    """A model that writes <|r=k|> markers: both engines may emit them and strip them alike."""
+    from rewriters.generate import load_rewriter
+
+    dst = tmp_path / "m"
+    marker_model(tiny_model_dir, dst, tokenizer, allowed)
     export_ctranslate2(dst, quantization="float32")
     fast = load_fast_rewriter(dst, compute_type="float32")
     torch_rw = load_rewriter(dst)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rewriters.commands import MARKER_TOKENS, Command
+from rewriters.commands import Command
 from rewriters.errors import ConfigError, ModelError
 from rewriters.fast import FastRewriter, export_ctranslate2, load_engine
 from rewriters.generate import Rewriter, load_rewriter
@@ -26,7 +26,7 @@ from rewriters.onnx_engine import (
     sample_nucleus,
 )
 
-from .test_fast import ALLOWED_TEXT, ITEMS, _same
+from .test_fast import ALLOWED_TEXT, ITEMS, _same, marker_model
 
 
 def _export_copy(src: Path, dst: Path, quantization: str, output_vocab=None) -> Path:
@@ -341,12 +341,7 @@ def test_length_markers_are_handled_the_same_by_both_engines(tiny_model_dir, tmp
                                                              tokenizer, allowed):
     """A model that writes <|r=k|> markers: both engines may emit them and strip them alike."""
     dst = tmp_path / "m"
-    shutil.copytree(tiny_model_dir, dst)
-    meta = json.loads((dst / "udrl.json").read_text())
-    meta["marker_every"], meta["marker_tail"] = 5, 4
-    (dst / "udrl.json").write_text(json.dumps(meta))
-    marks = tokenizer.convert_tokens_to_ids(list(MARKER_TOKENS))
-    (dst / "output_vocab.json").write_text(json.dumps(sorted(set(allowed) | set(marks))))
+    marks = marker_model(tiny_model_dir, dst, tokenizer, allowed)
     export_onnx(dst, quantization="float32")
     onnx, torch_rw = load_onnx_rewriter(dst), load_rewriter(dst)
     assert set(marks) <= set(onnx.columns.tolist())  # markers may be emitted
