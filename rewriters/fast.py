@@ -15,7 +15,10 @@ request checks, token budget, cleanup, validation). The bans are enforced like t
   of its decoding loop. Inputs of one batch are forwarded up to the shortest length, so the
   loop of a longer input also holds its query tail; the rare rows where that banned a token
   PyTorch allows (the prompt copied two query tokens) are regenerated exactly from that step
-  (``_first_extra_ban``), so the ban sees generated tokens only, as ``_ban_repeated_trigrams``;
+  (``_first_extra_ban``), so the ban sees generated tokens only, as ``_ban_repeated_trigrams``.
+  For a model with length markers, rows that break a ban PyTorch adds (a 3-gram of the text
+  repeated across a marker; the marker grammar of ``generate.Countdown``) are redrawn from
+  that step with the banned ids suppressed (``_first_missed_ban``);
 * ``strict_length``, beam search and seeded sampling run on the PyTorch ``Rewriter`` (the
   *fallback*). CTranslate2 4.x exposes no per-step logits processor to Python, so the
   word-count rules cannot be expressed; its beam search renormalises after the bans where
@@ -59,6 +62,7 @@ from .commands import END_TOKEN, Command
 from .errors import ConfigError, ModelError
 from .generate import (
     NGRAM_BAN,
+    Countdown,
     Rewrite,
     Rewriter,
     RewriterBase,
@@ -307,6 +311,48 @@ def _ct2_version() -> str:
     return ctranslate2.__version__
 
 
+def _first_missed_ban(seq: Sequence[int], skip: np.ndarray, countdown: Countdown | None,
+                      end_id: int, budget: int, emittable: frozenset[int]
+                      ) -> tuple[int, list[int] | None] | None:
+    """First step of ``seq`` whose token ``Rewriter`` bans and CTranslate2 did not, with the ids
+    ``Rewriter`` bans there that CTranslate2's own 3-gram ban does not (None: it bans every
+    emittable token, so ``Rewriter`` ends the prompt there).
+
+    Two bans of a model with length markers are beyond CTranslate2: the 3-gram ban on the text
+    with the markers left out (its ban counts them, so "drop <|r=9|> shadows" after "drop
+    shadows" passes), and the marker grammar (``generate.Countdown``). One pass over ``seq``.
+    """
+    follows: dict[tuple[int, int], set[int]] = {}  # text pair -> what followed it
+    raw_follows: dict[tuple[int, int], set[int]] = {}  # the same over every token
+    text: list[int] = []
+    last, one_at, may_end = 0, False, False  # last marker (0: none); <|r=1|> written; its word
+    for t, tok in enumerate(seq):
+        banned: set[int] = set()
+        if len(text) >= 2:
+            banned |= follows.get((text[-2], text[-1]), set())
+        if countdown is not None:
+            if not may_end and t + 1 < budget:
+                banned.add(end_id)
+            banned.update(int(i) for i in countdown.ids[~countdown.allowed[last]])
+            raw = raw_follows.get(tuple(seq[t - 2:t]), set()) if t >= 2 else set()
+            if emittable <= banned | raw:
+                return (t, None) if tok != end_id else None
+        if tok in banned:
+            return t, sorted(banned)
+        if countdown is not None and countdown.value[tok]:
+            last = int(countdown.value[tok])
+            one_at = one_at or last == 1
+        elif tok != end_id:
+            may_end = may_end or one_at
+        if not skip[tok]:
+            if len(text) >= 2:
+                follows.setdefault((text[-2], text[-1]), set()).add(tok)
+            text.append(tok)
+        if t >= 2:
+            raw_follows.setdefault((seq[t - 2], seq[t - 1]), set()).add(tok)
+    return None
+
+
 def _first_extra_ban(tail: Sequence[int], seq: Sequence[int], banned: np.ndarray) -> int | None:
     """First step of ``seq`` where CTranslate2's 3-gram ban forbade a token PyTorch allows.
 
@@ -422,6 +468,12 @@ class FastRewriter(TorchFallback, RewriterBase):
             raise ModelError("the CTranslate2 export bans other tokens than this model "
                              "directory (tokenizer or output_vocab.json changed); re-export "
                              "with `udrl export`")
+        self.countdown = self._countdown(self.banned)  # the marker grammar
+        self._emittable = frozenset(np.flatnonzero(~self.banned).tolist())
+        self._markers = None  # (V,) bool: length markers, left out of the 3-gram ban
+        if self.marker_ids:
+            self._markers = np.zeros(len(self.banned), dtype=bool)
+            self._markers[list(self.marker_ids.values())] = True
         self._init_fallback(fallback)
 
     @staticmethod
@@ -453,6 +505,7 @@ class FastRewriter(TorchFallback, RewriterBase):
             opts.update(sampling_topk=1)
         seqs = self._run(prompts, budget, opts)
         self._redo_extra_bans(prompts, seqs, budget, opts)
+        self._redo_missed_bans(prompts, seqs, budget, opts)
         return [[self._finish(seqs[i * n + j], c) for j in range(n)]
                 for i, (_, c) in enumerate(chunk)]
 
@@ -489,6 +542,41 @@ class FastRewriter(TorchFallback, RewriterBase):
             news = self._run(starts, budget - step, opts, stop_row=len(rows))
             for r, new in zip(rows, news):
                 seqs[r] = seqs[r][:step] + new
+
+
+    def _redo_missed_bans(self, prompts: list[list[int]], seqs: list[list[int]], budget: int,
+                          opts: dict[str, Any]) -> None:
+        """Regenerate, from the step it happened, every row that breaks a ban only PyTorch has.
+
+        Only models with length markers: CTranslate2's ban counts a marker as a token, so a
+        marker inside a repeated phrase hides a repeat that ``Rewriter`` bans, and it knows
+        nothing of the marker grammar (``Countdown``). Such a step is redrawn with the ids
+        ``Rewriter`` bans there suppressed (CTranslate2's own ban still applies), and the row
+        goes on from there (with a bare input of its own length, stopped at once, so the loop
+        holds its generated tokens). Each pass moves the first broken ban later, so a row needs
+        at most ``budget`` passes.
+        """
+        if self._markers is None:
+            return
+        for r, prompt in enumerate(prompts):
+            for _ in range(budget):
+                missed = _first_missed_ban(seqs[r], self._markers, self.countdown,
+                                           self.end_id, budget, self._emittable)
+                if missed is None:
+                    break
+                step, bans = missed
+                head = seqs[r][:step]
+                if bans is None:  # every token banned: Rewriter ends the prompt here
+                    seqs[r] = head + [self.end_id]
+                    break
+                suppress = [self.tokenizer.convert_ids_to_tokens([b]) for b in bans]
+                head += self._run([prompt + head, prompt], 1,
+                                  {**opts, "suppress_sequences": suppress}, stop_row=1)[0]
+                tail: list[int] = []
+                if head[-1:] != [self.end_id] and len(head) < budget:
+                    tail = self._run([prompt + head, prompt], budget - len(head), opts,
+                                     stop_row=1)[0]
+                seqs[r] = head + tail
 
 
 def _device_index(device: str) -> tuple[str, int]:

@@ -1,8 +1,10 @@
 """Controlled generation: ask the UDRL GPT-2 for a prompt with a given task, length and relevance.
 
 Decoding always bans command tokens other than ``<|end|>``, whitespace-only tokens, tokens that
-would repeat a 3-gram of the prompt, and (for models trained over a restricted output
-vocabulary) tokens the model never learnt to emit.
+would repeat a 3-gram of the prompt (or of its text, length markers left out), and (for models
+trained over a restricted output vocabulary) tokens the model never learnt to emit. A model
+trained with length markers also keeps to their grammar (:class:`Countdown`): markers count
+down, and <|end|> comes only after the ``<|r=1|>`` marker and its word.
 ``strict_length`` adds a hard constraint: ``<|end|>`` is forbidden before the target word count
 and forced once it is reached. Every output is cleaned and validated.
 
@@ -39,6 +41,8 @@ __all__ = [
     "Rewriter",
     "token_classes",
     "restrict_output",
+    "repeated_trigram_bans",
+    "Countdown",
     "load_rewriter",
     "clip_token_count",
     "CLIP_CONTEXT",
@@ -76,21 +80,108 @@ class Rewrite:
     problems: tuple[str, ...] = field(default=())  # why not valid, or what cleaning changed
 
 
-def _ban_repeated_trigrams(gen: torch.Tensor, scores: torch.Tensor) -> None:
-    """Forbid any token that would repeat a 3-gram of the generated prompt (not the query).
+def repeated_trigram_bans(gen: np.ndarray, skip: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, ids): the next tokens that would repeat a generated 3-gram.
 
     Small models fall into loops ("holiday sale holiday sale ..."); HF's no_repeat_ngram_size
-    would also look at the input and so forbid copying a 3-word query into the prompt.
+    would also look at the input and so forbid copying a 3-word query into the prompt. A token
+    is banned when it repeats a 3-gram of the generated tokens, or, where ``skip`` flags
+    tokens that are not text (length markers), a 3-gram of the text alone: a marker written
+    inside the second copy of a phrase must not hide the repeat. Every engine with its own
+    decoding loop calls this one function.
+
+    Args:
+        gen: (R, t) ids generated so far (the query is not part of it).
+        skip: (V,) bool over ids, True for tokens that are not text; None: no such tokens.
+    Returns:
+        Two equally long int64 arrays: row index and banned id of each ban (may repeat).
     """
+    rows_out = [np.zeros(0, np.int64)]
+    ids_out = [np.zeros(0, np.int64)]
+    if gen.shape[1] >= NGRAM_BAN:  # the pair/triple logic is written for NGRAM_BAN == 3
+        match = (gen[:, :-2] == gen[:, -2:-1]) & (gen[:, 1:-1] == gen[:, -1:])  # (R, t-2)
+        rows, cols = np.nonzero(match)
+        rows_out.append(rows.astype(np.int64))
+        ids_out.append(gen[:, 2:][rows, cols].astype(np.int64))
+    if skip is not None and gen.size and skip[gen].any():
+        for r, seq in enumerate(gen):
+            text = seq[~skip[seq]]
+            if text.size < NGRAM_BAN:
+                continue
+            hit = text[2:][(text[:-2] == text[-2]) & (text[1:-1] == text[-1])]
+            rows_out.append(np.full(hit.size, r, np.int64))
+            ids_out.append(hit.astype(np.int64))
+    return np.concatenate(rows_out), np.concatenate(ids_out)
+
+
+def _ban_repeated_trigrams(gen: torch.Tensor, scores: torch.Tensor,
+                           skip: np.ndarray | None = None) -> None:
+    """:func:`repeated_trigram_bans` applied to a torch scores tensor, in place."""
     import torch
 
-    if gen.shape[1] < NGRAM_BAN:  # the pair/triple logic below is written for NGRAM_BAN == 3
-        return
-    pairs = torch.stack([gen[:, :-2], gen[:, 1:-1]], dim=-1)  # (R, t-2, 2)
-    match = (pairs == gen[:, None, -2:]).all(-1)  # (R, t-2): same two tokens as the last two
-    rows, cols = match.nonzero(as_tuple=True)
-    if rows.numel():
-        scores[rows, gen[:, 2:][rows, cols]] = float("-inf")
+    rows, ids = repeated_trigram_bans(gen.cpu().numpy(), skip)
+    if rows.size:
+        scores[torch.from_numpy(rows), torch.from_numpy(ids)] = float("-inf")
+
+
+class Countdown:
+    """The output grammar of a model trained with length markers, read from its own markers.
+
+    Every training prompt counts down: its markers come in the scheme's order (for every 3, tail
+    3: ... <|r=9|> <|r=6|> <|r=3|> <|r=2|> <|r=1|>) and it ends ``<|r=1|> last-word <|end|>``.
+    Decoding keeps to that grammar: the first marker may be any the scheme has, each later one
+    must be the scheme's next, and <|end|> comes only once <|r=1|> and a token after it are
+    written (or at the last step of the token budget, or when every other token is banned;
+    ``strict_length`` places <|end|> by its own rules).
+    Nothing here knows the target length or
+    counts words: the rules follow the countdown the model itself started, so a model that
+    miscounts still ends off target; what they stop is a model ending, or jumping ahead, while
+    its own countdown says words remain.
+
+    Args:
+        marker_ids: words remaining -> id of its marker, in the id space of the scores.
+        n_ids: width of the scores.
+        every, tail: the model's marker scheme (``RewriterMeta.marker_every``/``marker_tail``).
+    """
+
+    def __init__(self, marker_ids: dict[int, int], n_ids: int, every: int, tail: int):
+        self.value = np.zeros(n_ids, dtype=np.int64)  # (V,) words remaining, 0 for non-markers
+        for k, i in marker_ids.items():
+            self.value[i] = k
+        self.ids = np.flatnonzero(self.value)  # (M,) marker ids, ascending
+        self.values = self.value[self.ids]  # (M,)
+        scheme = [k for k in range(1, LENGTH_MAX) if (every and k % every == 0) or k <= tail]
+        # allowed[v]: markers that may follow the marker v (v = 0: no marker written yet)
+        self.allowed = np.zeros((LENGTH_MAX, len(self.ids)), dtype=bool)
+        self.allowed[0] = np.isin(self.values, scheme)
+        for prev, nxt in zip(scheme[1:], scheme):
+            self.allowed[prev] = self.values == nxt
+
+    @classmethod
+    def for_model(cls, meta: RewriterMeta, marker_ids: dict[int, int], n_ids: int
+                  ) -> Countdown | None:
+        """The grammar of a model whose every prompt ends with <|r=1|>, else None.
+
+        ``marker_ids`` holds the markers the model may emit; without <|r=1|> among them no
+        prompt could end by the grammar, so there is none.
+        """
+        if 1 in marker_ids and (meta.marker_tail >= 1 or meta.marker_every == 1):
+            return cls(marker_ids, n_ids, meta.marker_every, meta.marker_tail)
+        return None
+
+    def bans(self, gen: np.ndarray, last_step: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(end banned (R,), marker banned (R, M) over ``self.ids``) after ``gen`` (R, t)."""
+        t = gen.shape[1]
+        vals = self.value[gen]  # (R, t)
+        idx = np.broadcast_to(np.arange(t), gen.shape)
+        is_marker = vals > 0
+        # the last marker written is the smallest, markers only counting down (0: none yet)
+        last = np.where(is_marker, vals, LENGTH_MAX).min(1, initial=LENGTH_MAX) % LENGTH_MAX
+        one_pos = np.where(vals == 1, idx, -1).max(1, initial=-1)
+        text_pos = np.where(~is_marker, idx, -1).max(1, initial=-1)
+        may_end = ((one_pos >= 0) & (text_pos > one_pos)) | last_step
+        return ~may_end, ~self.allowed[last]
 
 
 class _CommandLogits:
@@ -98,8 +189,10 @@ class _CommandLogits:
 
     def __init__(self, prompt_len: int, banned: torch.Tensor, word_start: torch.Tensor,
                  end_id: int, targets: torch.Tensor | None, budget: int,
-                 markers: torch.Tensor | None = None):
+                 markers: torch.Tensor | None = None, countdown: Countdown | None = None):
         self.markers = markers  # (V,) bool: length markers, banned once the target is reached
+        self._skip = None if markers is None else markers.cpu().numpy()  # not text: no n-grams
+        self.countdown = countdown  # the marker grammar (Countdown), or None
         self.prompt_len = prompt_len
         self.budget = budget  # max new tokens: the length must be reached within it
         self.banned = banned  # (V,) bool
@@ -113,8 +206,19 @@ class _CommandLogits:
         v = scores.shape[-1]
         scores = scores.masked_fill(self.banned[:v], float("-inf"))
         gen = input_ids[:, self.prompt_len :]  # (R, t) generated so far
-        _ban_repeated_trigrams(gen, scores)
+        _ban_repeated_trigrams(gen, scores, self._skip)
+        if self.countdown is not None:
+            no_end, no_marker = self.countdown.bans(gen.cpu().numpy(),
+                                                    self.budget - gen.shape[1] <= 1)
+            if self.targets is None:  # strict_length places <|end|> by its own rules
+                scores[torch.from_numpy(no_end), self.end_id] = float("-inf")
+            ids = torch.from_numpy(self.countdown.ids)
+            scores[:, ids] = scores[:, ids].masked_fill(torch.from_numpy(no_marker),
+                                                        float("-inf"))
         if self.targets is None:
+            if self.countdown is not None:
+                stuck = torch.isneginf(scores).all(1)  # every token banned: the grammar yields
+                scores[stuck, self.end_id] = 0.0
             return scores
         rows = scores.shape[0]
         targets = self.targets.repeat_interleave(rows // self.targets.shape[0])  # (R,)
@@ -337,6 +441,20 @@ class RewriterBase:
                 )
         return encoded, width, budget
 
+    def _countdown(self, banned: np.ndarray, columns: np.ndarray | None = None
+                   ) -> Countdown | None:
+        """The marker grammar over the emittable markers (see :class:`Countdown`).
+
+        Args:
+            banned: (n_rows,) bool, the tokens this engine never emits.
+            columns: token id of each scores column, when the scores are not over all ids.
+        """
+        ids = {k: i for k, i in self.marker_ids.items() if not banned[i]}
+        if columns is None:
+            return Countdown.for_model(self.meta, ids, len(banned))
+        cols = {k: int(np.searchsorted(columns, i)) for k, i in ids.items()}
+        return Countdown.for_model(self.meta, cols, len(columns))
+
     def _clip_tokens(self, text: str) -> int:
         """Tokens ``text`` takes in CLIP's window (engines may swap in a lighter counter)."""
         return clip_token_count(text)
@@ -391,8 +509,9 @@ class Rewriter(RewriterBase):
         """Allow only ``output_vocab`` tokens (and <|end|>) to be emitted; None lifts the limit."""
         import torch
 
-        self.banned = torch.from_numpy(restrict_output(self._always_banned, output_vocab,
-                                                       self.end_id))  # (V,) bool
+        banned = restrict_output(self._always_banned, output_vocab, self.end_id)
+        self.banned = torch.from_numpy(banned)  # (V,) bool
+        self.countdown = self._countdown(banned)
 
     def _seed(self, seed: int) -> None:
         import torch
@@ -415,7 +534,7 @@ class Rewriter(RewriterBase):
             markers = torch.zeros_like(self.word_start)
             markers[list(self.marker_ids.values())] = True
         proc = _CommandLogits(width, self.banned, self.word_start, self.end_id, targets, budget,
-                              markers)
+                              markers, self.countdown)
         gen_kw = dict(
             max_new_tokens=budget, eos_token_id=self.end_id,
             pad_token_id=self.end_id, logits_processor=LogitsProcessorList([proc]),

@@ -12,7 +12,9 @@ PyTorch ``Rewriter``'s logits processor does:
   tokens that may be emitted (``restrict_output``), so a banned token has no logit at all
   (the export records a digest of the banned set; a model directory whose bans changed
   refuses the export);
-* the repeated-3-gram ban: :func:`ban_repeated_trigrams` over the generated tokens only;
+* the repeated-3-gram ban: ``generate.repeated_trigram_bans`` over the generated tokens only
+  (and over their text, length markers left out);
+* the length-marker grammar: ``generate.Countdown`` over the logits columns;
 * sampling: bans, then temperature, then transformers' nucleus rule, drawn from a numpy
   ``Generator`` that ``seed`` resets, so seeded sampling is reproducible on this engine (its
   random stream is not torch's: the same seed gives other prompts than ``Rewriter``);
@@ -42,14 +44,14 @@ from .fast import (
     _read_export,
     _write_export,
 )
-from .generate import NGRAM_BAN, Rewriter, RewriterBase, load_rewriter, restrict_output
+from .generate import (NGRAM_BAN, Rewriter, RewriterBase, load_rewriter,
+                       repeated_trigram_bans, restrict_output)
 from .model import RewriterMeta, read_model_dir
 
 __all__ = [
     "ONNX_DIR",
     "ONNX_QUANTIZATIONS",
     "OnnxRewriter",
-    "ban_repeated_trigrams",
     "sample_nucleus",
     "export_onnx",
     "load_onnx_rewriter",
@@ -137,21 +139,6 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def ban_repeated_trigrams(gen: np.ndarray, scores: np.ndarray) -> None:
-    """``generate._ban_repeated_trigrams`` in numpy: -inf on tokens repeating a generated 3-gram.
-
-    Args:
-        gen: (R, t) ids generated so far (the query is not part of it).
-        scores: (R, V) scores of the next id, changed in place.
-    """
-    if gen.shape[1] < NGRAM_BAN:  # the pair/triple logic below is written for NGRAM_BAN == 3
-        return
-    match = (gen[:, :-2] == gen[:, -2:-1]) & (gen[:, 1:-1] == gen[:, -1:])  # (R, t-2)
-    rows, cols = np.nonzero(match)
-    if rows.size:
-        scores[rows, gen[:, 2:][rows, cols]] = -np.inf
-
-
 def sample_nucleus(scores: np.ndarray, top_p: float, rng: np.random.Generator) -> np.ndarray:
     """One draw per row from softmax(scores) cut to transformers' nucleus (``TopPLogitsWarper``).
 
@@ -208,6 +195,10 @@ class OnnxRewriter(TorchFallback, RewriterBase):
         self.banned = restrict_output(self._always_banned, output_vocab, self.end_id)
         self.columns = np.flatnonzero(~self.banned)  # (C,) token id of each logits column
         self._end_col = int(np.searchsorted(self.columns, self.end_id))
+        # length markers among the columns: left out of the repeated-3-gram ban
+        self._marker_cols = (np.isin(self.columns, list(self.marker_ids.values()))
+                             if self.marker_ids else None)
+        self.countdown = self._countdown(self.banned, self.columns)  # over logits columns
         if export.get("model_version") != meta.version:
             raise ModelError(f"ONNX export is of model version {export.get('model_version')}"
                              f", not {meta.version}; re-export with `udrl export`")
@@ -266,7 +257,16 @@ class OnnxRewriter(TorchFallback, RewriterBase):
         for step in range(budget):
             scores = logits
             if step >= NGRAM_BAN:
-                ban_repeated_trigrams(gen[alive, :step], scores)
+                rows_banned, cols_banned = repeated_trigram_bans(gen[alive, :step],
+                                                                 self._marker_cols)
+                scores[rows_banned, cols_banned] = -np.inf
+            if self.countdown is not None:
+                no_end, no_marker = self.countdown.bans(gen[alive, :step], step + 1 == budget)
+                scores[no_end, self._end_col] = -np.inf
+                scores[:, self.countdown.ids] = np.where(no_marker, -np.inf,
+                                                          scores[:, self.countdown.ids])
+                stuck = np.isneginf(scores).all(1)  # every token banned: the grammar yields
+                scores[stuck, self._end_col] = 0.0
             if decoding == "greedy":
                 choice = scores.argmax(1)
             else:

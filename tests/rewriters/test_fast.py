@@ -95,11 +95,14 @@ def test_float32_greedy_equals_pytorch(f32_dir, vocab_engines, tiny_rewriter):
     assert _same(got, want) and any(g[0].valid for g in got)
 
 
-@pytest.fixture(scope="module")
-def ranked_engines(tokenizer, allowed, tmp_path_factory):
-    """(float32 fast, PyTorch) engines of a model that ignores its input: fixed logits ranking
-    " red" > " blue" > " green" > " cabin" > "," > " snow" > <|end|>, so greedy prompts are
-    known in advance ("red red red blue red red green ..." under the 3-gram ban)."""
+def ranked_model(tokenizer, ranking: list[int], path: Path, output_vocab: list[int],
+                 marker_every: int = 0, marker_tail: int = 0):
+    """Save at ``path`` a model that ignores its input: fixed logits ranking the ids of
+    ``ranking`` first to last, then <|end|> (unless ranked), so greedy prompts are known.
+
+    Returns:
+        (the torch model, its saved RewriterMeta)
+    """
     import torch
 
     from rewriters.model import MODEL_PRESETS, RewriterMeta, build_model, save_model_dir
@@ -113,12 +116,22 @@ def ranked_engines(tokenizer, allowed, tmp_path_factory):
         ln_f.bias[0] = 1.0
         column = model.transformer.wte.weight[:, 0]
         column.zero_()
-        for rank, tok in enumerate([*allowed, end_id]):  # ALLOWED_TEXT order, then <|end|>
+        for rank, tok in enumerate([*ranking] + [end_id] * (end_id not in ranking)):
             column[tok] = 8.0 - rank
-    path = tmp_path_factory.mktemp("ranked") / "m"
     meta = save_model_dir(path, model, tokenizer, RewriterMeta(
         version="unsaved", base_model="scratch", model_config={},
-        bucket_edges=[0.1, 0.2, 0.3, 0.4], scorer="lexical"), output_vocab=allowed)
+        bucket_edges=[0.1, 0.2, 0.3, 0.4], scorer="lexical", marker_every=marker_every,
+        marker_tail=marker_tail), output_vocab=output_vocab)
+    return model, meta
+
+
+@pytest.fixture(scope="module")
+def ranked_engines(tokenizer, allowed, tmp_path_factory):
+    """(float32 fast, PyTorch) engines of a model ranking " red" > " blue" > " green" >
+    " cabin" > "," > " snow" > <|end|> whatever the input ("red red red blue red red green ..."
+    under the 3-gram ban)."""
+    path = tmp_path_factory.mktemp("ranked") / "m"
+    model, meta = ranked_model(tokenizer, allowed, path, allowed)
     export_ctranslate2(path, quantization="float32")
     return (load_fast_rewriter(path, compute_type="float32"),
             Rewriter(model, tokenizer, meta, output_vocab=allowed))
@@ -331,6 +344,59 @@ def marker_model(src: Path, dst: Path, tokenizer, allowed) -> list[int]:
     marks = tokenizer.convert_tokens_to_ids(list(MARKER_TOKENS))
     (dst / "output_vocab.json").write_text(json.dumps(sorted(set(allowed) | set(marks))))
     return marks
+
+
+def test_a_marker_inside_a_repeated_phrase_is_banned_alike_by_every_engine(tokenizer, allowed,
+                                                                            tmp_path):
+    """CTranslate2's own 3-gram ban counts length markers, so "red red red <|r=5|> red" passes
+    it; PyTorch and ONNX Runtime ban the repeat on the text, and CTranslate2 redraws that step."""
+    from rewriters.generate import load_rewriter
+    from rewriters.onnx_engine import export_onnx, load_onnx_rewriter
+
+    marker = tokenizer.convert_tokens_to_ids("<|r=5|>")
+    ranking = [allowed[0], marker, *allowed[1:]]  # " red" > <|r=5|> > " blue" > ...
+    path = tmp_path / "m"
+    ranked_model(tokenizer, ranking, path, ranking, marker_every=5, marker_tail=4)
+    export_ctranslate2(path, quantization="float32")
+    export_onnx(path, quantization="float32")
+    items = [("a", Command("template", 9, 4)), ("snowy cabin", Command("image", 14, 2))]
+    want = load_rewriter(path).rewrite_batch(items, decoding="greedy")
+    assert want[0][0].prompt.startswith("red red red blue")  # not "red red red red"
+    fast = load_fast_rewriter(path, compute_type="float32")
+    assert _same(fast.rewrite_batch(items, decoding="greedy"), want)
+    assert _same(load_onnx_rewriter(path).rewrite_batch(items, decoding="greedy"), want)
+    with pytest.MonkeyPatch.context() as mp:  # what the redraw fixes
+        mp.setattr(FastRewriter, "_redo_missed_bans", lambda *a: None)
+        got = fast.rewrite_batch(items, decoding="greedy")
+    assert got[0][0].prompt.startswith("red red red red")
+
+
+def test_the_marker_grammar_is_kept_alike_by_every_engine(tokenizer, allowed, tmp_path):
+    """A model ranking " red" > <|end|> > <|r=3|> > <|r=2|> > <|r=1|> > " blue": it would stop
+    once the 3-gram ban forbids a fourth "red", but <|end|> must wait for <|r=1|> and its word,
+    and markers follow the scheme's order."""
+    from rewriters.generate import load_rewriter
+    from rewriters.onnx_engine import export_onnx, load_onnx_rewriter
+
+    end_id, r3, r2, r1 = tokenizer.convert_tokens_to_ids(["<|end|>", "<|r=3|>", "<|r=2|>",
+                                                           "<|r=1|>"])
+    ranking = [allowed[0], end_id, r3, r2, r1, *allowed[1:]]
+    path = tmp_path / "m"
+    ranked_model(tokenizer, ranking, path, ranking, marker_every=3, marker_tail=3)
+    export_ctranslate2(path, quantization="float32")
+    export_onnx(path, quantization="float32")
+    items = [("a", Command("template", 4, 4)), ("snowy cabin", Command("image", 30, 0))]
+    want = load_rewriter(path).rewrite_batch(items, decoding="greedy")
+    # red red red <|r=3|> <|r=2|> <|r=1|> blue red red <|end|>: a third "red" after "red red"
+    # would repeat a 3-gram, and after "<|r=1|>" no marker may follow
+    assert [g[0].prompt for g in want] == ["red red red blue red red"] * 2
+    fast = load_fast_rewriter(path, compute_type="float32")
+    assert _same(fast.rewrite_batch(items, decoding="greedy"), want)
+    assert _same(load_onnx_rewriter(path).rewrite_batch(items, decoding="greedy"), want)
+    with pytest.MonkeyPatch.context() as mp:  # without the redraw CTranslate2 ends early
+        mp.setattr(FastRewriter, "_redo_missed_bans", lambda *a: None)
+        got = fast.rewrite_batch(items, decoding="greedy")
+    assert [g[0].prompt for g in got] == ["red red red"] * 2
 
 
 def test_length_markers_are_handled_the_same_by_both_engines(tiny_model_dir, tmp_path,

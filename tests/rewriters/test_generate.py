@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from rewriters.commands import Command
@@ -103,6 +104,31 @@ def test_repeated_trigrams_are_banned_but_the_query_may_be_copied():
     _ban_repeated_trigrams(gen, scores)
     assert torch.isinf(scores[0, 7]) and torch.isfinite(scores[0]).sum() == 9
     assert torch.isfinite(scores[1]).all()
+
+
+def test_a_length_marker_inside_a_repeated_phrase_does_not_hide_the_repeat():
+    import torch
+
+    from rewriters.generate import _ban_repeated_trigrams, repeated_trigram_bans
+
+    skip = np.zeros(10, dtype=bool)
+    skip[9] = True  # id 9 is a length marker
+    # "5 6 7 ... 5 <marker> 6": without the marker the last two text tokens are "5 6" again
+    gen = np.array([[5, 6, 7, 8, 5, 9, 6],
+                    [5, 6, 7, 8, 9, 9, 9]])  # a row ending in markers keeps its last text pair
+    def bans(gen, skip):
+        return sorted(set(zip(*map(np.ndarray.tolist, repeated_trigram_bans(gen, skip)))))
+
+    # row 1: "9 9" followed by 9 is a repeat of the tokens themselves, banned either way
+    assert bans(gen, skip) == [(0, 7), (1, 9)]
+    assert bans(gen, None) == [(1, 9)]  # counted with the marker, row 0 repeats nothing
+    gen[1, 4:] = [5, 9, 6]  # the same phrase with the marker elsewhere
+    assert bans(gen, skip) == [(0, 7), (1, 7)]
+    scores = torch.zeros(2, 10)
+    _ban_repeated_trigrams(torch.from_numpy(gen), scores, skip)  # the torch processor's wrapper
+    assert torch.isinf(scores[:, 7]).all() and torch.isfinite(scores).sum() == 18
+    short = np.array([[9, 5, 9, 6]])  # two text tokens only: nothing to repeat yet
+    assert repeated_trigram_bans(short, skip)[0].size == 0
 
 
 def test_no_generated_prompt_repeats_a_trigram(tiny_rewriter):

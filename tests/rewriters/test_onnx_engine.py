@@ -19,14 +19,13 @@ from rewriters.generate import Rewriter, load_rewriter
 from rewriters.onnx_engine import (
     ONNX_DIR,
     OnnxRewriter,
-    ban_repeated_trigrams,
     export_onnx,
     load_onnx_rewriter,
     onnx_export_problem,
     sample_nucleus,
 )
 
-from .test_fast import ALLOWED_TEXT, ITEMS, _same, marker_model
+from .test_fast import ALLOWED_TEXT, ITEMS, _same, marker_model, ranked_model
 
 
 def _export_copy(src: Path, dst: Path, quantization: str, output_vocab=None) -> Path:
@@ -150,24 +149,6 @@ def test_nucleus_keeps_what_transformers_keeps():
         assert np.isfinite(warped.numpy()[np.arange(40), picks]).all()
 
 
-def test_trigram_ban_matches_the_pytorch_processor():
-    import torch
-
-    from rewriters.generate import _ban_repeated_trigrams
-
-    rng = np.random.default_rng(0)
-    for t in range(12):
-        gen = rng.integers(0, 4, size=(9, t))  # few ids: many repeated pairs
-        want = torch.zeros(9, 6)
-        _ban_repeated_trigrams(torch.from_numpy(gen), want)
-        got = np.zeros((9, 6), np.float32)
-        ban_repeated_trigrams(gen, got)
-        assert np.array_equal(got, want.numpy()), t
-    got = np.zeros((1, 6))
-    ban_repeated_trigrams(np.array([[5, 1, 2, 5, 1]]), got)  # "5 1" was followed by 2
-    assert np.isneginf(got[0]).tolist() == [False, False, True, False, False, False]
-
-
 def test_strict_length_and_beam_run_on_pytorch(vocab_engines, tiny_model_dir, allowed,
                                                tmp_path):
     _, onnx, torch_rw = vocab_engines
@@ -193,26 +174,9 @@ def test_strict_length_and_beam_run_on_pytorch(vocab_engines, tiny_model_dir, al
 @pytest.fixture(scope="module")
 def ranked_dir(tokenizer, allowed, tmp_path_factory):
     """A model that ignores its input: fixed logits ranking " red" > " blue" > ... > <|end|>
-    (see test_fast.ranked_engines), so greedy prompts are known under the 3-gram ban."""
-    import torch
-
-    from rewriters.model import MODEL_PRESETS, RewriterMeta, build_model, save_model_dir
-
-    model = build_model("scratch", tokenizer, MODEL_PRESETS["tiny"])
-    end_id = tokenizer.convert_tokens_to_ids("<|end|>")
-    with torch.no_grad():  # final hidden state = e0, so logits = column 0 of the tied embedding
-        ln_f = model.transformer.ln_f
-        ln_f.weight.zero_()
-        ln_f.bias.zero_()
-        ln_f.bias[0] = 1.0
-        column = model.transformer.wte.weight[:, 0]
-        column.zero_()
-        for rank, tok in enumerate([*allowed, end_id]):
-            column[tok] = 8.0 - rank
+    (see test_fast.ranked_model), so greedy prompts are known under the 3-gram ban."""
     path = tmp_path_factory.mktemp("onnx-ranked") / "m"
-    save_model_dir(path, model, tokenizer, RewriterMeta(
-        version="unsaved", base_model="scratch", model_config={},
-        bucket_edges=[0.1, 0.2, 0.3, 0.4], scorer="lexical"), output_vocab=allowed)
+    ranked_model(tokenizer, allowed, path, allowed)
     export_onnx(path, quantization="float32")
     return path
 
