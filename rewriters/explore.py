@@ -2,9 +2,10 @@
 
 Following Schmidhuber / Srivastava et al.'s upside-down RL, exploratory commands ask for a return
 drawn uniformly from [mean, mean + std] of the top share of returns seen so far; lengths are
-drawn over the whole range callers may ask for. Whatever the samples achieve becomes their label
-(hindsight relabelling), so even a miss is a correct training example for the command it
-actually fulfils.
+drawn over the whole range callers may ask for, and the top share is taken among the returns of
+prompts of similar length (the length band the relevance buckets use). Whatever the samples
+achieve becomes their label (hindsight relabelling), so even a miss is a correct training
+example for the command it actually fulfils.
 """
 
 from __future__ import annotations
@@ -16,32 +17,40 @@ import numpy as np
 
 from .commands import LENGTH_MAX, LENGTH_MIN, Command
 from .data import Example
-from .rewards import Scorer, assign_buckets
+from .rewards import BucketEdges, Scorer
 
 __all__ = ["exploratory_commands", "explore_round"]
 
 
 def exploratory_commands(
-    data: list[Example], edges: list[float], n: int, top_share: float, rng: random.Random
+    data: list[Example], edges: BucketEdges, n: int, top_share: float, rng: random.Random
 ) -> tuple[list[tuple[Example, Command]], dict[str, float]]:
     """Sample ``n`` commands aimed at the best part of the relevance distribution.
 
     Returns:
-        ((source example, command) pairs, the target band {"target_low", "target_high"})
+        ((source example, command) pairs, the target band averaged over the length bands,
+        {"target_low", "target_high"})
     """
-    scores = np.sort(np.asarray([e.relevance for e in data], dtype=float))
-    top = scores[-max(1, int(len(scores) * top_share)) :]
-    low, high = float(top.mean()), float(top.mean() + top.std())
+    scores = np.asarray([e.relevance for e in data], dtype=float)
+    band_of = edges.band([e.words for e in data])
+    targets = []
+    for b in range(len(edges.starts)):
+        mine = np.sort(scores[band_of == b]) if (band_of == b).any() else np.sort(scores)
+        top = mine[-max(1, int(len(mine) * top_share)):]
+        targets.append((float(top.mean()), float(top.mean() + top.std())))
     out = []
     for _ in range(n):
         src = data[rng.randrange(len(data))]
-        bucket = int(assign_buckets([rng.uniform(low, high)], edges)[0])
-        out.append((src, Command(src.task, rng.randint(LENGTH_MIN, LENGTH_MAX), bucket)))
-    return out, {"target_low": low, "target_high": high}
+        length = rng.randint(LENGTH_MIN, LENGTH_MAX)
+        low, high = targets[int(edges.band([length])[0])]
+        bucket = int(edges.assign([rng.uniform(low, high)], [length])[0])
+        out.append((src, Command(src.task, length, bucket)))
+    return out, {"target_low": float(np.mean([t[0] for t in targets])),
+                 "target_high": float(np.mean([t[1] for t in targets]))}
 
 
 def explore_round(
-    rewriter, scorer: Scorer, data: list[Example], edges: list[float], cfg, round_no: int
+    rewriter, scorer: Scorer, data: list[Example], edges: BucketEdges, cfg, round_no: int
 ) -> tuple[list[Example], dict[str, Any]]:
     """Generate for exploratory commands and relabel the samples with their achieved returns.
 
@@ -54,7 +63,7 @@ def explore_round(
                                   decoding="sample", temperature=1.0, seed=cfg.seed + round_no)
     rewrites = [o[0] for o in outs]
     rel = scorer.score([src.query for src, _ in pairs], [r.prompt or "-" for r in rewrites])
-    buckets = assign_buckets(rel, edges)
+    buckets = edges.assign(rel, [r.words for r in rewrites])
     seen = {e.key() for e in data}
     new: list[Example] = []
     for (src, cmd), rw, s, b in zip(pairs, rewrites, rel, buckets):

@@ -75,7 +75,9 @@ class RewriterMeta:
     version: str  # "<UTC timestamp>-<weights sha256 prefix>", part of cache keys
     base_model: str  # "scratch", a pretrained name, or a local directory
     model_config: dict[str, Any]  # ModelConfig as a dict (scratch) or the HF config summary
-    bucket_edges: list[float]  # relevance quantile edges (RELEVANCE_BUCKETS - 1 values)
+    # relevance bucket edges: rewards.BucketEdges.to_json() (per length band); older models
+    # stored one flat list (RELEVANCE_BUCKETS - 1 values), which BucketEdges.from_json reads
+    bucket_edges: dict[str, Any] | list[float]
     scorer: str  # relevance scorer used for relabelling ("minilm", "lexical")
     train_config: dict[str, Any] = field(default_factory=dict)
     command_tokens: list[str] = field(default_factory=command_tokens)

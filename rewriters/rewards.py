@@ -2,7 +2,10 @@
 
 Achieved length is the word count. Relevance is the cosine similarity of query and prompt from
 a pluggable :class:`Scorer`, bucketed by quantile edges computed on the training set and stored
-with the model.
+with the model. The edges are computed within bands of similar prompt lengths
+(:class:`BucketEdges`): relevance falls with length, so edges over all prompts would put nearly
+every long prompt in a low bucket, and the model could not learn what a high bucket means for a
+long prompt.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ import math
 import re
 import zlib
 from collections.abc import Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-from .commands import RELEVANCE_BUCKETS
+from .commands import LENGTH_MIN, RELEVANCE_BUCKETS
 from .data import Example
 from .errors import ConfigError, ModelError
 
@@ -28,6 +32,8 @@ __all__ = [
     "load_scorer",
     "bucket_edges",
     "assign_buckets",
+    "BucketEdges",
+    "LENGTH_BANDS",
     "relabel",
 ]
 
@@ -156,18 +162,91 @@ def assign_buckets(scores: Sequence[float] | np.ndarray, edges: Sequence[float])
     return np.searchsorted(np.asarray(edges), np.asarray(scores), side="right").astype(int)
 
 
+LENGTH_BANDS = 8  # bands of prompt lengths with their own bucket edges
+_MIN_PER_BUCKET = 20  # fewer examples per bucket than this and bands are merged
+
+
+@dataclass(frozen=True)
+class BucketEdges:
+    """Relevance bucket edges within bands of prompt lengths.
+
+    A band holds the prompts of ``starts[b]`` words up to the next band's start; its edges are
+    the inner quantiles of its own scores, so every length sees every bucket equally often and a
+    bucket means "how relevant, for a prompt this long".
+
+    Attributes:
+        starts: first word count of each band, ascending (shorter prompts join the first).
+        edges: per band, ``RELEVANCE_BUCKETS - 1`` ascending edges.
+    """
+
+    starts: tuple[int, ...]
+    edges: tuple[tuple[float, ...], ...]
+
+    @classmethod
+    def fit(cls, scores: Sequence[float], words: Sequence[int], bands: int = LENGTH_BANDS,
+            n_buckets: int = RELEVANCE_BUCKETS) -> BucketEdges:
+        """Equally filled length bands (fewer when data is short), then quantiles within each."""
+        scores_a = np.asarray(scores, dtype=np.float64)
+        words_a = np.asarray(words, dtype=np.int64)
+        if scores_a.size == 0:
+            raise ConfigError("cannot compute relevance buckets from zero scored examples")
+        bands = max(1, min(bands, scores_a.size // (n_buckets * _MIN_PER_BUCKET)))
+        cuts = np.quantile(words_a, [i / bands for i in range(1, bands)], method="higher")
+        starts = sorted({int(words_a.min()), *(int(c) for c in cuts)})
+        # merge a band too thin to fill its buckets into the one before it
+        while len(starts) > 1:
+            counts = np.bincount(np.searchsorted(starts, words_a, side="right") - 1,
+                                 minlength=len(starts))
+            thin = [b for b in range(1, len(starts)) if counts[b] < n_buckets * _MIN_PER_BUCKET]
+            if not thin:
+                break
+            del starts[thin[0]]
+        band = np.searchsorted(starts, words_a, side="right") - 1
+        edges = tuple(tuple(bucket_edges(scores_a[band == b], n_buckets))
+                      for b in range(len(starts)))
+        return cls(tuple(starts), edges)
+
+    def band(self, words: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Band index of each word count."""
+        return (np.searchsorted(self.starts, np.asarray(words), side="right") - 1).clip(0)
+
+    def assign(self, scores: Sequence[float] | np.ndarray,
+               words: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Bucket index (0..RELEVANCE_BUCKETS-1) of each score, on its length's band."""
+        scores_a = np.asarray(scores, dtype=np.float64)
+        band = self.band(words)
+        out = np.zeros(scores_a.shape, dtype=int)
+        for b, edges in enumerate(self.edges):
+            sel = band == b
+            out[sel] = assign_buckets(scores_a[sel], edges)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"length_band_starts": list(self.starts), "edges": [list(e) for e in self.edges]}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> BucketEdges:
+        """Read ``to_json``'s form, or the one flat edge list older models stored."""
+        if isinstance(obj, dict):
+            return cls(tuple(int(s) for s in obj["length_band_starts"]),
+                       tuple(tuple(float(x) for x in e) for e in obj["edges"]))
+        return cls((LENGTH_MIN,), (tuple(float(x) for x in obj),))
+
+
 def relabel(
     examples: Sequence[Example],
     scorer: Scorer,
-    edges: Sequence[float] | None = None,
+    edges: BucketEdges | None = None,
     batch_size: int = 4096,
     progress: bool = False,
-) -> tuple[list[Example], list[float]]:
+    bands: int = LENGTH_BANDS,
+) -> tuple[list[Example], BucketEdges]:
     """Attach achieved relevance and bucket to every example.
 
     Examples that already carry a relevance score keep it (scoring is the expensive part);
-    buckets are always recomputed from ``edges`` — or from quantiles of these examples when
-    ``edges`` is None — so that every example is bucketed on the same scale.
+    buckets are always recomputed from ``edges`` — or from these examples (``bands`` length
+    bands, quantiles within each) when ``edges`` is None — so that every example is bucketed
+    on the same scale.
 
     Returns:
         (relabelled examples, the edges used)
@@ -185,11 +264,12 @@ def relabel(
             scores[i] = float(s) if math.isfinite(float(s)) else 0.0
         bar.update(len(idx))
     bar.close()
+    words = [e.words for e in examples]
     if edges is None:
-        edges = bucket_edges(scores)  # type: ignore[arg-type]
-    buckets = assign_buckets(scores, edges)  # type: ignore[arg-type]
+        edges = BucketEdges.fit(scores, words, bands)  # type: ignore[arg-type]
+    buckets = edges.assign(scores, words)  # type: ignore[arg-type]
     out = [
         e.model_copy(update={"relevance": round(float(s), 6), "bucket": int(b)})
         for e, s, b in zip(examples, scores, buckets)
     ]
-    return out, list(edges)
+    return out, edges

@@ -293,7 +293,7 @@ def train_rewriter(
     meta = RewriterMeta(version="unsaved", base_model=cfg.base_model,
                         model_config=asdict(cfg.model) if cfg.base_model == SCRATCH
                         else {"n_positions": model.config.n_positions},
-                        bucket_edges=edges, scorer=scorer.name, train_config=asdict(cfg),
+                        bucket_edges=edges.to_json(), scorer=scorer.name, train_config=asdict(cfg),
                         marker_every=cfg.marker_every, marker_tail=cfg.marker_tail)
     rewriter = Rewriter(model, tokenizer, meta)
     n_pos = model.config.n_positions
@@ -346,7 +346,7 @@ def train_rewriter(
     _plot_losses(curve, bounds, out / "loss_curve.png")
     report = {"version": meta.version, "train_examples": len(encoded), "too_long": too_long,
               "out_of_range": out_of_range, "heldout_examples": len(test),
-              "bucket_edges": edges, "final_loss": float(np.mean(curve[-20:])),
+              "bucket_edges": edges.to_json(), "final_loss": float(np.mean(curve[-20:])),
               "rounds": rounds, "loss_curve": [round(x, 4) for x in curve]}
     (out / "metrics.json").write_text(json.dumps(report, indent=2) + "\n")
     return TrainResult(out, meta.version, report)

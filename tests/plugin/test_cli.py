@@ -53,7 +53,7 @@ def test_offline_flow_distill_train_rewrite_intent_eval(workspace, capsys):
     assert code == 0, err
     report = json.loads(out)
     assert report["queries_done"] == 60 and report["examples_written"] == 60 * 2 * 2
-    assert report["relabel"]["examples"] == 240 and len(report["relabel"]["bucket_edges"]) == 4
+    assert report["relabel"]["examples"] == 240 and len(report["relabel"]["bucket_edges"]["edges"][0]) == 4
 
     code, out, err = run(capsys, *base(workspace), "distill")  # resume: nothing new
     assert code == 0 and json.loads(out)["queries_skipped_existing"] == 60
