@@ -28,9 +28,16 @@ Per batch size (1, 8, 32 inputs: command tokens, a query of 1-9 words, ``<|promp
 (tokens/s, per batch size). Targets (2-core CPU): >= 200 tokens/s at batch 1,
 >= 1,000 tokens/s under batching, <= 500 MB resident for the rewriter.
 
+``onnxruntime_rewriter_vocab``: the same weights as a trained rewriter is served. ``udrl train``
+keeps the output layer to the tokens its training prompts use (``output_vocab.json``; 1,893 for
+the demo model) and the ONNX export cuts the output layer to them; here the vocabulary is every
+token of the builtin teacher's phrases, their markers and ``<|end|>`` (``output_vocab`` in the
+result, about 3,000). The model still has 124M parameters: the input embedding keeps all rows.
+
 ``int8_ceiling``: this machine's memory read bandwidth (a 512 MiB float32 sum, median of 7) over
-the int8 bytes every new token reads (all weights but the position embeddings), i.e. the
-batch-1 tokens/s no int8 engine can pass here: a baseline the batch-1 target can be judged by.
+the int8 bytes every new token reads (all weights but the position embeddings; with the output
+layer cut, its rows instead of the whole token embedding), i.e. the batch-1 tokens/s no int8
+engine can pass here: a baseline the batch-1 target can be judged by.
 
 Run: ``python -m bench.generation [--quick]`` prints the result as JSON (``--quick``: the tiny
 test model, batches 1 and 8, 16 new tokens).
@@ -262,6 +269,47 @@ def _build(model_dir: Path, preset: str) -> dict[str, Any]:
                                         / 2**20, 1)}
 
 
+def _rewriter_vocab(tokenizer) -> list[int]:
+    """Token ids a rewriter trained on the builtin teacher's phrases may emit (see module doc)."""
+    from rewriters.commands import END_TOKEN, MARKER_TOKENS
+    from rewriters.queries import load_vocab
+
+    def phrases(node):
+        if isinstance(node, str):
+            yield node
+        elif isinstance(node, list):
+            for item in node:
+                yield from phrases(item)
+        elif isinstance(node, dict):
+            for key, item in node.items():
+                if not key.startswith("_"):
+                    yield from phrases(item)
+
+    ids = set(tokenizer.convert_tokens_to_ids([END_TOKEN, *MARKER_TOKENS]))
+    for phrase in phrases(load_vocab()):
+        for text in (phrase, " " + phrase, " " + phrase + ","):
+            ids.update(tokenizer.encode(text))
+    return sorted(ids)
+
+
+def _build_vocab_variant(model_dir: Path, out_dir: Path) -> dict[str, Any]:
+    """``model_dir``'s weights with a rewriter's output vocabulary, exported to ONNX int8."""
+    import shutil
+
+    from rewriters.onnx_engine import export_onnx
+    from rewriters.tokenizer import load_tokenizer
+
+    out_dir.mkdir(parents=True)
+    for f in model_dir.iterdir():
+        if f.is_file():
+            shutil.copy2(f, out_dir / f.name)
+    vocab = _rewriter_vocab(load_tokenizer())
+    (out_dir / "output_vocab.json").write_text(json.dumps(vocab))
+    t0 = time.perf_counter()
+    export_onnx(out_dir, quantization="int8")
+    return {"output_vocab": len(vocab), "onnx_export_s": round(time.perf_counter() - t0, 1)}
+
+
 def _memory_read_gb_s(threads: int, mib: int = 512, reps: int = 7) -> float:
     """Memory read bandwidth: median time of a float32 sum over ``mib`` MiB on ``threads``."""
     import torch
@@ -278,20 +326,24 @@ def _memory_read_gb_s(threads: int, mib: int = 512, reps: int = 7) -> float:
     return x.numel() * 4 / statistics.median(times) / 1e9
 
 
-def _ceiling(model: dict[str, Any], threads: int) -> dict[str, Any]:
+def _ceiling(model: dict[str, Any], threads: int, output_rows: int) -> dict[str, Any]:
     """The batch-1 speed no int8 engine can pass here: every new token reads every weight once.
 
     Bytes per token: one byte per parameter (int8) except the position embeddings, of which a
-    step reads one row; the output layer is the tied token embedding, read whole.
+    step reads one row; the output layer is the tied token embedding, read whole, or with the
+    output layer cut to a rewriter's vocabulary (``output_rows``), its rows only.
     """
     from rewriters.model import MODEL_PRESETS
 
     cfg = MODEL_PRESETS[model["preset"]]
     per_token = model["parameters_m"] * 1e6 - cfg.n_positions * cfg.n_embd
+    cut = per_token - (model["vocab"] - output_rows) * cfg.n_embd
     gb_s = _memory_read_gb_s(threads)
     return {"memory_read_gb_s": round(gb_s, 1),
             "int8_mb_per_token": round(per_token / 1e6, 1),
-            "batch1_tokens_per_s": round(gb_s * 1e9 / per_token, 1)}
+            "batch1_tokens_per_s": round(gb_s * 1e9 / per_token, 1),
+            "rewriter_vocab_int8_mb_per_token": round(cut / 1e6, 1),
+            "rewriter_vocab_batch1_tokens_per_s": round(gb_s * 1e9 / cut, 1)}
 
 
 def run(quick: bool = False) -> dict:
@@ -311,9 +363,12 @@ def run(quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
         model_dir = Path(tmp) / "rewriter"
         model = _build(model_dir, preset)
-        ceiling = _ceiling(model, threads)
+        vocab_dir = Path(tmp) / "rewriter-vocab"
+        model["rewriter_vocab"] = _build_vocab_variant(model_dir, vocab_dir)
+        ceiling = _ceiling(model, threads, model["rewriter_vocab"]["output_vocab"])
         engines = {e: _run_child(e, model_dir, batches, new, reps, threads)
                    for e in ("onnxruntime", "ctranslate2", "transformers")}
+        ort_vocab = _run_child("onnxruntime", vocab_dir, batches, new, reps, threads)
     ort, ct2, hf = engines["onnxruntime"], engines["ctranslate2"], engines["transformers"]
     return {
         "quick": quick,
@@ -327,13 +382,16 @@ def run(quick: bool = False) -> dict:
                      "transformers": transformers.__version__,
                      "python": platform.python_version()},
         "onnxruntime": ort,
+        "onnxruntime_rewriter_vocab": ort_vocab,
         "ctranslate2": ct2,
         "transformers": hf,
         "ratio": _ratio(ct2, hf),
         "ratio_onnxruntime": _ratio(ort, hf),
+        "ratio_onnxruntime_rewriter_vocab": _ratio(ort_vocab, hf),
         "int8_ceiling": ceiling,
         "targets_met": None if quick else {  # the targets are for the GPT-2 small shape
-            "ctranslate2": _targets(ct2), "onnxruntime": _targets(ort)},
+            "ctranslate2": _targets(ct2), "onnxruntime": _targets(ort),
+            "onnxruntime_rewriter_vocab": _targets(ort_vocab)},
     }
 
 
