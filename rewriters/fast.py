@@ -312,7 +312,7 @@ def _ct2_version() -> str:
 
 
 def _first_missed_ban(seq: Sequence[int], skip: np.ndarray, countdown: Countdown | None,
-                      end_id: int, budget: int, emittable: frozenset[int]
+                      end_id: int, budget: int, emittable: frozenset[int], length: int
                       ) -> tuple[int, list[int] | None] | None:
     """First step of ``seq`` whose token ``Rewriter`` bans and CTranslate2 did not, with the ids
     ``Rewriter`` bans there that CTranslate2's own 3-gram ban does not (None: it bans every
@@ -333,7 +333,7 @@ def _first_missed_ban(seq: Sequence[int], skip: np.ndarray, countdown: Countdown
         if countdown is not None:
             if not may_end and t + 1 < budget:
                 banned.add(end_id)
-            banned.update(int(i) for i in countdown.ids[~countdown.allowed[last]])
+            banned.update(int(i) for i in countdown.ids[~countdown.allowed_markers(last, length)])
             raw = raw_follows.get(tuple(seq[t - 2:t]), set()) if t >= 2 else set()
             if emittable <= banned | raw:
                 return (t, None) if tok != end_id else None
@@ -505,7 +505,8 @@ class FastRewriter(TorchFallback, RewriterBase):
             opts.update(sampling_topk=1)
         seqs = self._run(prompts, budget, opts)
         self._redo_extra_bans(prompts, seqs, budget, opts)
-        self._redo_missed_bans(prompts, seqs, budget, opts)
+        self._redo_missed_bans(prompts, seqs, budget, opts,
+                               [c.length for _, c in chunk for _ in range(n)])
         return [[self._finish(seqs[i * n + j], c) for j in range(n)]
                 for i, (_, c) in enumerate(chunk)]
 
@@ -545,7 +546,7 @@ class FastRewriter(TorchFallback, RewriterBase):
 
 
     def _redo_missed_bans(self, prompts: list[list[int]], seqs: list[list[int]], budget: int,
-                          opts: dict[str, Any]) -> None:
+                          opts: dict[str, Any], lengths: list[int]) -> None:
         """Regenerate, from the step it happened, every row that breaks a ban only PyTorch has.
 
         Only models with length markers: CTranslate2's ban counts a marker as a token, so a
@@ -561,7 +562,7 @@ class FastRewriter(TorchFallback, RewriterBase):
         for r, prompt in enumerate(prompts):
             for _ in range(budget):
                 missed = _first_missed_ban(seqs[r], self._markers, self.countdown,
-                                           self.end_id, budget, self._emittable)
+                                           self.end_id, budget, self._emittable, lengths[r])
                 if missed is None:
                     break
                 step, bans = missed

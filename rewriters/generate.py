@@ -126,18 +126,18 @@ def _ban_repeated_trigrams(gen: torch.Tensor, scores: torch.Tensor,
 
 
 class Countdown:
-    """The output grammar of a model trained with length markers, read from its own markers.
+    """The output grammar of a model trained with length markers: how its countdown may go.
 
-    Every training prompt counts down: its markers come in the scheme's order (for every 3, tail
-    3: ... <|r=9|> <|r=6|> <|r=3|> <|r=2|> <|r=1|>) and it ends ``<|r=1|> last-word <|end|>``.
-    Decoding keeps to that grammar: the first marker may be any the scheme has, each later one
-    must be the scheme's next, and <|end|> comes only once <|r=1|> and a token after it are
-    written (or at the last step of the token budget, or when every other token is banned;
-    ``strict_length`` places <|end|> by its own rules).
-    Nothing here knows the target length or
-    counts words: the rules follow the countdown the model itself started, so a model that
-    miscounts still ends off target; what they stop is a model ending, or jumping ahead, while
-    its own countdown says words remain.
+    Every training prompt of L words counts down: its first marker is the scheme's largest
+    below L, the others follow in the scheme's order (for every 3, tail 3 and L = 12:
+    <|r=9|> <|r=6|> <|r=3|> <|r=2|> <|r=1|>), and it ends ``<|r=1|> last-word <|end|>``.
+    Decoding keeps to that grammar: the first marker is the one the command's length implies,
+    each later one the scheme's next, and <|end|> comes only once <|r=1|> and a token after it
+    are written (or at the last step of the token budget, or when every other token is banned;
+    ``strict_length`` places <|end|> by its own rules). Nothing here counts words: where the
+    markers go is the model's choice, so a model that miscounts between them still ends off
+    target; what the rules stop is a countdown that starts at the wrong number, jumps ahead,
+    or ends while it says words remain.
 
     Args:
         marker_ids: words remaining -> id of its marker, in the id space of the scores.
@@ -157,6 +157,12 @@ class Countdown:
         self.allowed[0] = np.isin(self.values, scheme)
         for prev, nxt in zip(scheme[1:], scheme):
             self.allowed[prev] = self.values == nxt
+        # first[L]: the markers a prompt of L words may start with (its scheme's largest below L)
+        self.first = np.repeat(self.allowed[:1], LENGTH_MAX + 1, axis=0)
+        for length in range(2, LENGTH_MAX + 1):
+            start = self.values == max(k for k in scheme if k < length)
+            if start.any():  # else (not emittable) any marker of the scheme, as without a length
+                self.first[length] = start
 
     @classmethod
     def for_model(cls, meta: RewriterMeta, marker_ids: dict[int, int], n_ids: int
@@ -170,8 +176,14 @@ class Countdown:
             return cls(marker_ids, n_ids, meta.marker_every, meta.marker_tail)
         return None
 
-    def bans(self, gen: np.ndarray, last_step: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(end banned (R,), marker banned (R, M) over ``self.ids``) after ``gen`` (R, t)."""
+    def allowed_markers(self, last: int, length: int) -> np.ndarray:
+        """(M,) bool: the markers that may follow marker ``last`` (0: none yet) at ``length``."""
+        return self.first[length] if last == 0 else self.allowed[last]
+
+    def bans(self, gen: np.ndarray, last_step: bool, lengths: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """(end banned (R,), marker banned (R, M) over ``self.ids``) after ``gen`` (R, t) for
+        prompts of ``lengths`` (R,) words."""
         t = gen.shape[1]
         vals = self.value[gen]  # (R, t)
         idx = np.broadcast_to(np.arange(t), gen.shape)
@@ -181,7 +193,9 @@ class Countdown:
         one_pos = np.where(vals == 1, idx, -1).max(1, initial=-1)
         text_pos = np.where(~is_marker, idx, -1).max(1, initial=-1)
         may_end = ((one_pos >= 0) & (text_pos > one_pos)) | last_step
-        return ~may_end, ~self.allowed[last]
+        allowed = np.where((last == 0)[:, None], self.first[np.asarray(lengths)],
+                           self.allowed[last])
+        return ~may_end, ~allowed
 
 
 class _CommandLogits:
@@ -189,10 +203,12 @@ class _CommandLogits:
 
     def __init__(self, prompt_len: int, banned: torch.Tensor, word_start: torch.Tensor,
                  end_id: int, targets: torch.Tensor | None, budget: int,
-                 markers: torch.Tensor | None = None, countdown: Countdown | None = None):
+                 markers: torch.Tensor | None = None, countdown: Countdown | None = None,
+                 lengths: np.ndarray | None = None):
         self.markers = markers  # (V,) bool: length markers, banned once the target is reached
         self._skip = None if markers is None else markers.cpu().numpy()  # not text: no n-grams
         self.countdown = countdown  # the marker grammar (Countdown), or None
+        self.lengths = lengths  # (B,) words asked per input (where the countdown starts)
         self.prompt_len = prompt_len
         self.budget = budget  # max new tokens: the length must be reached within it
         self.banned = banned  # (V,) bool
@@ -208,8 +224,9 @@ class _CommandLogits:
         gen = input_ids[:, self.prompt_len :]  # (R, t) generated so far
         _ban_repeated_trigrams(gen, scores, self._skip)
         if self.countdown is not None:
+            lengths = np.repeat(self.lengths, gen.shape[0] // len(self.lengths))  # (R,)
             no_end, no_marker = self.countdown.bans(gen.cpu().numpy(),
-                                                    self.budget - gen.shape[1] <= 1)
+                                                    self.budget - gen.shape[1] <= 1, lengths)
             if self.targets is None:  # strict_length places <|end|> by its own rules
                 scores[torch.from_numpy(no_end), self.end_id] = float("-inf")
             ids = torch.from_numpy(self.countdown.ids)
@@ -534,7 +551,7 @@ class Rewriter(RewriterBase):
             markers = torch.zeros_like(self.word_start)
             markers[list(self.marker_ids.values())] = True
         proc = _CommandLogits(width, self.banned, self.word_start, self.end_id, targets, budget,
-                              markers, self.countdown)
+                              markers, self.countdown, np.array([c.length for _, c in chunk]))
         gen_kw = dict(
             max_new_tokens=budget, eos_token_id=self.end_id,
             pad_token_id=self.end_id, logits_processor=LogitsProcessorList([proc]),

@@ -250,6 +250,7 @@ class OnnxRewriter(TorchFallback, RewriterBase):
             logits, mask, pos = (np.repeat(a, n, axis=0) for a in (logits, mask, pos))
             past = [np.repeat(a, n, axis=0) for a in past]
         rows = logits.shape[0]
+        lengths = np.repeat([c.length for _, c in chunk], n)  # (rows,) words asked
         gen = np.zeros((rows, budget), dtype=np.int64)  # chosen logits columns
         length = np.full(rows, budget)
         alive = np.arange(rows)  # which row each batch row is
@@ -261,7 +262,8 @@ class OnnxRewriter(TorchFallback, RewriterBase):
                                                                  self._marker_cols)
                 scores[rows_banned, cols_banned] = -np.inf
             if self.countdown is not None:
-                no_end, no_marker = self.countdown.bans(gen[alive, :step], step + 1 == budget)
+                no_end, no_marker = self.countdown.bans(gen[alive, :step], step + 1 == budget,
+                                                        lengths[alive])
                 scores[no_end, self._end_col] = -np.inf
                 scores[:, self.countdown.ids] = np.where(no_marker, -np.inf,
                                                           scores[:, self.countdown.ids])

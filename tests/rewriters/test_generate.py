@@ -131,6 +131,28 @@ def test_a_length_marker_inside_a_repeated_phrase_does_not_hide_the_repeat():
     assert repeated_trigram_bans(short, skip)[0].size == 0
 
 
+def test_the_countdown_starts_where_the_length_says_and_counts_down_in_the_schemes_order():
+    from rewriters.generate import Countdown
+
+    cd = Countdown({k: 100 + k for k in range(1, 40)}, 200, every=3, tail=3)  # r=k is id 100+k
+    gen = np.array([[5, 6, 7], [5, 109, 6], [5, 6, 101]])  # no marker yet; after r=9; after r=1
+    no_end, no_marker = cd.bans(gen, False, np.array([12, 12, 12]))
+    assert [cd.values[~row].tolist() for row in no_marker] == [[9], [6], []]
+    assert no_end.tolist() == [True, True, True]  # <|r=1|> written, but not its word yet
+    assert cd.bans(np.array([[5, 101, 7]]), False, np.array([12]))[0].tolist() == [False]
+    assert cd.bans(gen[:1], True, np.array([12]))[0].tolist() == [False]  # last budget step
+    for length, first in ((3, 2), (4, 3), (5, 3), (40, 39), (38, 36)):
+        _, no_marker = cd.bans(gen[:1], False, np.array([length]))
+        assert cd.values[~no_marker[0]].tolist() == [first], length
+    # a model whose <|r=1|> it may not emit has no grammar: no prompt could end by it
+    from rewriters.model import RewriterMeta
+
+    meta = RewriterMeta(version="v", base_model="scratch", model_config={}, bucket_edges=[],
+                        scorer="lexical", marker_every=3, marker_tail=3)
+    assert Countdown.for_model(meta, {2: 102, 3: 103}, 200) is None
+    assert Countdown.for_model(meta, {1: 101, 2: 102}, 200) is not None
+
+
 def test_no_generated_prompt_repeats_a_trigram(tiny_rewriter):
     outs = tiny_rewriter.rewrite_batch([("holiday sale", Command("template", 30, 4))], n=4,
                                        strict_length=True, decoding="sample", seed=3)[0]
