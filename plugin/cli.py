@@ -214,6 +214,12 @@ def eval_rewriter(
         rel = " ".join("  -  " if v is None else f"{v:.3f}" for v in m["relevance_by_bucket"].values())
         typer.echo(f"{name:<14} {m['length_mse']:8.2f} {100 * m['within_2']:8.1f}% "
                    f"{100 * m['exact_length']:5.1f}% {m['distinct_2']:10.3f}  {rel}")
+    slopes = [f"{name} {m['relevance_slope']['mean']:+.4f} [{m['relevance_slope']['low']:+.4f}, "
+              f"{m['relevance_slope']['high']:+.4f}]" for name, m in report["modes"].items()
+              if m.get("relevance_slope")]
+    if slopes:
+        typer.echo("relevance gained per bucket, paired within query and length (95% CI): "
+                   + "; ".join(slopes))
     if report["intent"]:
         i = report["intent"]
         typer.echo(f"intent: held-out accuracy {i['accuracy']:.3f} on {i['count']} queries")

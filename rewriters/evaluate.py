@@ -23,6 +23,7 @@ __all__ = [
     "within_k",
     "distinct_n",
     "relevance_by_bucket",
+    "relevance_slope",
     "held_out_commands",
     "rewrite_quality",
     "evaluate_rewriter",
@@ -61,6 +62,39 @@ def relevance_by_bucket(requested: Sequence[int], scores: Sequence[float]) -> di
     return out
 
 
+def relevance_slope(requested: Sequence[int], scores: Sequence[float],
+                    groups: Sequence[Any], seed: int = 0) -> dict[str, Any]:
+    """Relevance gained per requested bucket, paired within groups of the same query and length.
+
+    Each group's least-squares slope of achieved relevance on requested bucket, averaged over
+    the groups, with a 95% percentile-bootstrap interval over groups (2,000 resamples). Pairing
+    removes what the query and length do to relevance, which the per-bucket means carry as
+    noise: the mean can dip at one bucket while the slope is clearly positive, or the reverse.
+
+    Returns:
+        {"mean", "low", "high", "groups"}; nan bounds when fewer than 2 groups vary the bucket.
+    """
+    by: dict[Any, list[tuple[int, float]]] = {}
+    for g, b, sc in zip(groups, requested, scores):
+        by.setdefault(g, []).append((int(b), float(sc)))
+    slopes = []
+    for pts in by.values():
+        b = np.array([p[0] for p in pts], float)
+        if np.ptp(b) == 0:
+            continue
+        y = np.array([p[1] for p in pts], float)
+        slopes.append(float(((b - b.mean()) * (y - y.mean())).sum() / ((b - b.mean()) ** 2).sum()))
+    arr = np.asarray(slopes)
+    if arr.size < 2:
+        mean = float(arr.mean()) if arr.size else float("nan")
+        return {"mean": mean, "low": float("nan"), "high": float("nan"), "groups": int(arr.size)}
+    rng = np.random.default_rng(seed)
+    boot = arr[rng.integers(0, arr.size, size=(2000, arr.size))].mean(1)
+    low, high = np.percentile(boot, [2.5, 97.5])
+    return {"mean": float(arr.mean()), "low": float(low), "high": float(high),
+            "groups": int(arr.size)}
+
+
 def held_out_commands(examples: Sequence[Example], n: int, seed: int = 0) -> list[tuple[str, Command]]:
     """About ``n`` (query, command) pairs over held-out queries, in groups of one per bucket.
 
@@ -85,12 +119,17 @@ def held_out_commands(examples: Sequence[Example], n: int, seed: int = 0) -> lis
 
 def rewrite_quality(
     commands: Sequence[Command], prompts: Sequence[str], words: Sequence[int],
-    valid: Sequence[bool], relevance: Sequence[float],
+    valid: Sequence[bool], relevance: Sequence[float], groups: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
-    """All rewrite-quality numbers from generated outputs (pure; no model, no I/O)."""
+    """All rewrite-quality numbers from generated outputs (pure; no model, no I/O).
+
+    ``groups`` (one key per command, e.g. (query, task, length)) adds ``relevance_slope``.
+    """
     targets = [c.length for c in commands]
     by_bucket = relevance_by_bucket([c.relevance for c in commands], relevance)
     filled = [v for v in by_bucket.values() if v is not None]
+    slope = (relevance_slope([c.relevance for c in commands], relevance, groups)
+             if groups is not None else None)
     return {
         "count": len(commands),
         "length_mse": length_mse(targets, words),
@@ -101,6 +140,7 @@ def rewrite_quality(
         "relevance_rises_with_bucket": bool(len(filled) > 1 and all(
             a < b for a, b in zip(filled, filled[1:]))),
         "relevance_spearman": _spearman([c.relevance for c in commands], relevance),
+        "relevance_slope": slope,
         "distinct_2": distinct_n(prompts, 2),
         "invalid_rate": float(1 - np.mean(valid)) if len(valid) else float("nan"),
     }
@@ -142,7 +182,8 @@ def evaluate_rewriter(
     queries = [q for q, _ in commands]
     rel = scorer.score(queries, [r.prompt or "-" for r in rewrites])
     metrics = rewrite_quality([c for _, c in commands], [r.prompt for r in rewrites],
-                              [r.words for r in rewrites], [r.valid for r in rewrites], rel)
+                              [r.words for r in rewrites], [r.valid for r in rewrites], rel,
+                              groups=[(q, c.task, c.length) for q, c in commands])
     metrics.update(strict_length=strict_length, decoding=decoding)
     rows = [
         {"query": q, "task": c.task, "length": c.length, "relevance": c.relevance,

@@ -4,7 +4,8 @@ import pytest
 
 from rewriters.commands import Command
 from rewriters.evaluate import (
-    distinct_n, held_out_commands, length_mse, relevance_by_bucket, rewrite_quality, within_k,
+    distinct_n, held_out_commands, length_mse, relevance_by_bucket, relevance_slope,
+    rewrite_quality, within_k,
 )
 
 
@@ -42,6 +43,26 @@ def test_rewrite_quality_reports_rising_relevance():
     assert q["relevance_rises_with_bucket"] is True
     assert q["relevance_spearman"] == pytest.approx(1.0)
     assert q["invalid_rate"] == pytest.approx(0.2)
+
+
+def test_relevance_slope_is_paired_within_groups():
+    # group "a": 0.10 0.12 0.14 0.16 0.18 (slope 0.02); group "b": 0.60 ... 0.68 (slope 0.02)
+    # with bucket 2 of "b" missing, the per-bucket means dip at 2, the paired slope does not
+    rows = [("a", b, 0.10 + 0.02 * b) for b in range(5)]
+    rows += [("b", b, 0.60 + 0.02 * b) for b in range(5) if b != 2]
+    groups, buckets, scores = zip(*rows)
+    means = relevance_by_bucket(buckets, scores)
+    assert means[2] < means[1]
+    got = relevance_slope(buckets, scores, groups)
+    assert got["mean"] == pytest.approx(0.02) and got["groups"] == 2
+    assert got["low"] == pytest.approx(0.02) and got["high"] == pytest.approx(0.02)
+    one = relevance_slope([0, 4], [0.1, 0.3], ["a", "a"])  # one group: no interval
+    assert one["mean"] == pytest.approx(0.05) and math.isnan(one["low"])
+    flat = relevance_slope([2, 2], [0.1, 0.3], ["a", "b"])  # no group varies the bucket
+    assert flat["groups"] == 0 and math.isnan(flat["mean"])
+    q = rewrite_quality([Command("image", 5, b) for b in buckets], ["x"] * len(rows),
+                        [1] * len(rows), [True] * len(rows), scores, groups=groups)
+    assert q["relevance_slope"]["mean"] == pytest.approx(0.02)
 
 
 def test_held_out_commands_cover_queries_and_are_valid(synthetic_examples):
