@@ -544,7 +544,6 @@ class FastRewriter(TorchFallback, RewriterBase):
             for r, new in zip(rows, news):
                 seqs[r] = seqs[r][:step] + new
 
-
     def _redo_missed_bans(self, prompts: list[list[int]], seqs: list[list[int]], budget: int,
                           opts: dict[str, Any], lengths: list[int]) -> None:
         """Regenerate, from the step it happened, every row that breaks a ban only PyTorch has.
