@@ -1,0 +1,129 @@
+"""Decoding bans every engine applies the same way: repeated 3-grams and the length-marker grammar.
+
+Pure numpy over token ids (or over the logits columns of an engine whose output layer keeps
+only the emittable tokens), so the PyTorch logits processor, the ONNX Runtime decoding loop
+and the CTranslate2 after-the-fact check share one definition.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .commands import LENGTH_MAX
+
+if TYPE_CHECKING:
+    from .model import RewriterMeta
+
+__all__ = ["NGRAM_BAN", "repeated_trigram_bans", "Countdown"]
+
+NGRAM_BAN = 3  # a generated prompt never repeats one of its own n-grams of this size
+
+
+def repeated_trigram_bans(gen: np.ndarray, skip: np.ndarray | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, ids): the next tokens that would repeat a generated 3-gram.
+
+    Small models fall into loops ("holiday sale holiday sale ..."); HF's no_repeat_ngram_size
+    would also look at the input and so forbid copying a 3-word query into the prompt. A token
+    is banned when it repeats a 3-gram of the generated tokens, or, where ``skip`` flags
+    tokens that are not text (length markers), a 3-gram of the text alone: a marker written
+    inside the second copy of a phrase must not hide the repeat. Every engine with its own
+    decoding loop calls this one function.
+
+    Args:
+        gen: (R, t) ids generated so far (the query is not part of it).
+        skip: (V,) bool over ids, True for tokens that are not text; None: no such tokens.
+    Returns:
+        Two equally long int64 arrays: row index and banned id of each ban (may repeat).
+    """
+    rows_out = [np.zeros(0, np.int64)]
+    ids_out = [np.zeros(0, np.int64)]
+    if gen.shape[1] >= NGRAM_BAN:  # the pair/triple logic is written for NGRAM_BAN == 3
+        match = (gen[:, :-2] == gen[:, -2:-1]) & (gen[:, 1:-1] == gen[:, -1:])  # (R, t-2)
+        rows, cols = np.nonzero(match)
+        rows_out.append(rows.astype(np.int64))
+        ids_out.append(gen[:, 2:][rows, cols].astype(np.int64))
+    if skip is not None and gen.size and skip[gen].any():
+        for r, seq in enumerate(gen):
+            text = seq[~skip[seq]]
+            if text.size < NGRAM_BAN:
+                continue
+            hit = text[2:][(text[:-2] == text[-2]) & (text[1:-1] == text[-1])]
+            rows_out.append(np.full(hit.size, r, np.int64))
+            ids_out.append(hit.astype(np.int64))
+    return np.concatenate(rows_out), np.concatenate(ids_out)
+
+
+class Countdown:
+    """The output grammar of a model trained with length markers: how its countdown may go.
+
+    Every training prompt of L words counts down: its first marker is the scheme's largest
+    below L, the others follow in the scheme's order (for every 3, tail 3 and L = 12:
+    <|r=9|> <|r=6|> <|r=3|> <|r=2|> <|r=1|>), and it ends ``<|r=1|> last-word <|end|>``.
+    Decoding keeps to that grammar: the first marker is the one the command's length implies,
+    each later one the scheme's next, and <|end|> comes only once <|r=1|> and a token after it
+    are written (or at the last step of the token budget, or when every other token is banned;
+    ``strict_length`` places <|end|> by its own rules). Nothing here counts words: where the
+    markers go is the model's choice, so a model that miscounts between them still ends off
+    target; what the rules stop is a countdown that starts at the wrong number, jumps ahead,
+    or ends while it says words remain.
+
+    Args:
+        marker_ids: words remaining -> id of its marker, in the id space of the scores.
+        n_ids: width of the scores.
+        every, tail: the model's marker scheme (``RewriterMeta.marker_every``/``marker_tail``).
+    """
+
+    def __init__(self, marker_ids: dict[int, int], n_ids: int, every: int, tail: int):
+        self.value = np.zeros(n_ids, dtype=np.int64)  # (V,) words remaining, 0 for non-markers
+        for k, i in marker_ids.items():
+            self.value[i] = k
+        self.ids = np.flatnonzero(self.value)  # (M,) marker ids, ascending
+        self.values = self.value[self.ids]  # (M,)
+        scheme = [k for k in range(1, LENGTH_MAX) if (every and k % every == 0) or k <= tail]
+        # allowed[v]: markers that may follow the marker v (v = 0: no marker written yet)
+        self.allowed = np.zeros((LENGTH_MAX, len(self.ids)), dtype=bool)
+        self.allowed[0] = np.isin(self.values, scheme)
+        for prev, nxt in zip(scheme[1:], scheme):
+            self.allowed[prev] = self.values == nxt
+        # first[L]: the markers a prompt of L words may start with (its scheme's largest below L)
+        self.first = np.repeat(self.allowed[:1], LENGTH_MAX + 1, axis=0)
+        for length in range(2, LENGTH_MAX + 1):
+            start = self.values == max(k for k in scheme if k < length)
+            if start.any():  # else (not emittable) any marker of the scheme, as without a length
+                self.first[length] = start
+
+    @classmethod
+    def for_model(cls, meta: RewriterMeta, marker_ids: dict[int, int], n_ids: int
+                  ) -> Countdown | None:
+        """The grammar of a model whose every prompt ends with <|r=1|>, else None.
+
+        ``marker_ids`` holds the markers the model may emit; without <|r=1|> among them no
+        prompt could end by the grammar, so there is none.
+        """
+        if 1 in marker_ids and (meta.marker_tail >= 1 or meta.marker_every == 1):
+            return cls(marker_ids, n_ids, meta.marker_every, meta.marker_tail)
+        return None
+
+    def allowed_markers(self, last: int, length: int) -> np.ndarray:
+        """(M,) bool: the markers that may follow marker ``last`` (0: none yet) at ``length``."""
+        return self.first[length] if last == 0 else self.allowed[last]
+
+    def bans(self, gen: np.ndarray, last_step: bool, lengths: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """(end banned (R,), marker banned (R, M) over ``self.ids``) after ``gen`` (R, t) for
+        prompts of ``lengths`` (R,) words."""
+        t = gen.shape[1]
+        vals = self.value[gen]  # (R, t)
+        idx = np.broadcast_to(np.arange(t), gen.shape)
+        is_marker = vals > 0
+        # the last marker written is the smallest, markers only counting down (0: none yet)
+        last = np.where(is_marker, vals, LENGTH_MAX).min(1, initial=LENGTH_MAX) % LENGTH_MAX
+        one_pos = np.where(vals == 1, idx, -1).max(1, initial=-1)
+        text_pos = np.where(~is_marker, idx, -1).max(1, initial=-1)
+        may_end = ((one_pos >= 0) & (text_pos > one_pos)) | last_step
+        allowed = np.where((last == 0)[:, None], self.first[np.asarray(lengths)],
+                           self.allowed[last])
+        return ~may_end, ~allowed
