@@ -346,57 +346,54 @@ def marker_model(src: Path, dst: Path, tokenizer, allowed) -> list[int]:
     return marks
 
 
+def _all_engines_greedy(tokenizer, ranking: list[int], path: Path, every: int, tail: int,
+                        items) -> tuple[list, list, list, list]:
+    """A ranked marker model on all three engines (float32 exports): greedy results of
+    PyTorch, CTranslate2, ONNX Runtime, and of CTranslate2 without its redraw of missed bans."""
+    from rewriters.generate import load_rewriter
+    from rewriters.onnx_engine import export_onnx, load_onnx_rewriter
+
+    ranked_model(tokenizer, ranking, path, ranking, marker_every=every, marker_tail=tail)
+    export_ctranslate2(path, quantization="float32")
+    export_onnx(path, quantization="float32")
+    fast = load_fast_rewriter(path, compute_type="float32")
+    outs = [e.rewrite_batch(items, decoding="greedy")
+            for e in (load_rewriter(path), fast, load_onnx_rewriter(path))]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FastRewriter, "_redo_missed_bans", lambda *a: None)
+        outs.append(fast.rewrite_batch(items, decoding="greedy"))
+    return tuple(outs)
+
+
 def test_a_marker_inside_a_repeated_phrase_is_banned_alike_by_every_engine(tokenizer, allowed,
                                                                             tmp_path):
     """CTranslate2's own 3-gram ban counts length markers, so "red red red <|r=5|> red" passes
     it; PyTorch and ONNX Runtime ban the repeat on the text, and CTranslate2 redraws that step."""
-    from rewriters.generate import load_rewriter
-    from rewriters.onnx_engine import export_onnx, load_onnx_rewriter
-
     marker = tokenizer.convert_tokens_to_ids("<|r=5|>")
     ranking = [allowed[0], marker, *allowed[1:]]  # " red" > <|r=5|> > " blue" > ...
-    path = tmp_path / "m"
-    ranked_model(tokenizer, ranking, path, ranking, marker_every=5, marker_tail=4)
-    export_ctranslate2(path, quantization="float32")
-    export_onnx(path, quantization="float32")
     items = [("a", Command("template", 9, 4)), ("snowy cabin", Command("image", 14, 2))]
-    want = load_rewriter(path).rewrite_batch(items, decoding="greedy")
+    want, fast, onnx, no_redraw = _all_engines_greedy(tokenizer, ranking, tmp_path / "m", 5, 4,
+                                                      items)
     assert want[0][0].prompt.startswith("red red red blue")  # not "red red red red"
-    fast = load_fast_rewriter(path, compute_type="float32")
-    assert _same(fast.rewrite_batch(items, decoding="greedy"), want)
-    assert _same(load_onnx_rewriter(path).rewrite_batch(items, decoding="greedy"), want)
-    with pytest.MonkeyPatch.context() as mp:  # what the redraw fixes
-        mp.setattr(FastRewriter, "_redo_missed_bans", lambda *a: None)
-        got = fast.rewrite_batch(items, decoding="greedy")
-    assert got[0][0].prompt.startswith("red red red red")
+    assert _same(fast, want) and _same(onnx, want)
+    assert no_redraw[0][0].prompt.startswith("red red red red")  # what the redraw fixes
 
 
 def test_the_marker_grammar_is_kept_alike_by_every_engine(tokenizer, allowed, tmp_path):
     """A model ranking " red" > <|end|> > <|r=3|> > <|r=2|> > <|r=1|> > " blue": it would stop
     once the 3-gram ban forbids a fourth "red", but <|end|> must wait for <|r=1|> and its word,
     and markers follow the scheme's order."""
-    from rewriters.generate import load_rewriter
-    from rewriters.onnx_engine import export_onnx, load_onnx_rewriter
-
     end_id, r3, r2, r1 = tokenizer.convert_tokens_to_ids(["<|end|>", "<|r=3|>", "<|r=2|>",
                                                            "<|r=1|>"])
     ranking = [allowed[0], end_id, r3, r2, r1, *allowed[1:]]
-    path = tmp_path / "m"
-    ranked_model(tokenizer, ranking, path, ranking, marker_every=3, marker_tail=3)
-    export_ctranslate2(path, quantization="float32")
-    export_onnx(path, quantization="float32")
     items = [("a", Command("template", 4, 4)), ("snowy cabin", Command("image", 30, 0))]
-    want = load_rewriter(path).rewrite_batch(items, decoding="greedy")
+    want, fast, onnx, no_redraw = _all_engines_greedy(tokenizer, ranking, tmp_path / "m", 3, 3,
+                                                      items)
     # red red red <|r=3|> <|r=2|> <|r=1|> blue red red <|end|>: a third "red" after "red red"
     # would repeat a 3-gram, and after "<|r=1|>" no marker may follow
     assert [g[0].prompt for g in want] == ["red red red blue red red"] * 2
-    fast = load_fast_rewriter(path, compute_type="float32")
-    assert _same(fast.rewrite_batch(items, decoding="greedy"), want)
-    assert _same(load_onnx_rewriter(path).rewrite_batch(items, decoding="greedy"), want)
-    with pytest.MonkeyPatch.context() as mp:  # without the redraw CTranslate2 ends early
-        mp.setattr(FastRewriter, "_redo_missed_bans", lambda *a: None)
-        got = fast.rewrite_batch(items, decoding="greedy")
-    assert [g[0].prompt for g in got] == ["red red red"] * 2
+    assert _same(fast, want) and _same(onnx, want)
+    assert [g[0].prompt for g in no_redraw] == ["red red red"] * 2  # CTranslate2 alone ends early
 
 
 def test_length_markers_are_handled_the_same_by_both_engines(tiny_model_dir, tmp_path,
