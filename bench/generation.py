@@ -19,7 +19,8 @@ Per batch size (1, 8, 32 inputs: command tokens, a query of 1-9 words, ``<|promp
   ``min_length`` / ``min_new_tokens``); tokens/s = inputs x new tokens / wall seconds, median
   of ``timed_runs`` runs after one warm-up run;
 * ``rewriter``: the served path (bans, 3-gram ban, cleanup), greedy template prompts, one timed
-  run (not for transformers at batch 32, nor for the vocabulary variant below); random weights rarely pick ``<|end|>``, so prompts run to the 128-token budget;
+  run (not for transformers at batch 32, nor for the vocabulary variant below); random weights
+  rarely pick ``<|end|>``, so prompts run to the 128-token budget;
   generated tokens are counted up to ``<|end|>``;
 * ``memory``: peak resident MB (``VmHWM``) after loading, then per batch size (the peak is
   reset before each size; batch 32 x ~140 positions holds a ~330 MB float32 KV cache).

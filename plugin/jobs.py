@@ -68,7 +68,8 @@ def relabel_file(path: Path, scorer: Scorer, progress: bool = True) -> dict[str,
         raise DataError(f"{path} holds no valid examples to relabel")
     examples, edges = relabel(loaded.examples, scorer, progress=progress)
     write_examples(path, examples)
-    return {"examples": len(examples), "rejected_lines": len(loaded.rejects), "bucket_edges": edges.to_json()}
+    return {"examples": len(examples), "rejected_lines": len(loaded.rejects),
+            "bucket_edges": edges.to_json()}
 
 
 def distill_job(settings: Settings, progress: bool = True, score: bool = True) -> dict[str, Any]:

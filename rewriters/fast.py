@@ -17,7 +17,7 @@ request checks, token budget, cleanup, validation). The bans are enforced like t
   PyTorch allows (the prompt copied two query tokens) are regenerated exactly from that step
   (``_first_extra_ban``), so the ban sees generated tokens only, as ``_ban_repeated_trigrams``.
   For a model with length markers, rows that break a ban PyTorch adds (a 3-gram of the text
-  repeated across a marker; the marker grammar of ``generate.Countdown``) are redrawn from
+  repeated across a marker; the marker grammar of ``bans.Countdown``) are redrawn from
   that step with the banned ids suppressed (``_first_missed_ban``);
 * ``strict_length``, beam search and seeded sampling run on the PyTorch ``Rewriter`` (the
   *fallback*). CTranslate2 4.x exposes no per-step logits processor to Python, so the
@@ -320,7 +320,7 @@ def _first_missed_ban(seq: Sequence[int], skip: np.ndarray, countdown: Countdown
 
     Two bans of a model with length markers are beyond CTranslate2: the 3-gram ban on the text
     with the markers left out (its ban counts them, so "drop <|r=9|> shadows" after "drop
-    shadows" passes), and the marker grammar (``generate.Countdown``). One pass over ``seq``.
+    shadows" passes), and the marker grammar (``bans.Countdown``). One pass over ``seq``.
     """
     follows: dict[tuple[int, int], set[int]] = {}  # text pair -> what followed it
     raw_follows: dict[tuple[int, int], set[int]] = {}  # the same over every token

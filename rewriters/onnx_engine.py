@@ -12,9 +12,9 @@ PyTorch ``Rewriter``'s logits processor does:
   tokens that may be emitted (``restrict_output``), so a banned token has no logit at all
   (the export records a digest of the banned set; a model directory whose bans changed
   refuses the export);
-* the repeated-3-gram ban: ``generate.repeated_trigram_bans`` over the generated tokens only
+* the repeated-3-gram ban: ``bans.repeated_trigram_bans`` over the generated tokens only
   (and over their text, length markers left out);
-* the length-marker grammar: ``generate.Countdown`` over the logits columns;
+* the length-marker grammar: ``bans.Countdown`` over the logits columns;
 * sampling: bans, then temperature, then transformers' nucleus rule, drawn from a numpy
   ``Generator`` that ``seed`` resets, so seeded sampling is reproducible on this engine (its
   random stream is not torch's: the same seed gives other prompts than ``Rewriter``);
