@@ -311,6 +311,21 @@ def _ct2_version() -> str:
     return ctranslate2.__version__
 
 
+def _open_export(path: str | Path, problem_of: Callable[[Path], str | None], export_dir: str,
+                 exporter: str) -> tuple[Path, RewriterMeta, Any, Any, Path]:
+    """(model dir, meta, tokenizer, output_vocab, export folder) of a model dir whose export
+    ``problem_of`` finds current; ModelError naming ``udrl export`` (and ``exporter``) if not.
+
+    The export is checked first: that is cheap, loading the tokenizer is not.
+    """
+    p = Path(path)
+    problem = problem_of(p) if (p / "udrl.json").is_file() else None
+    if problem:
+        raise ModelError(f"{problem}; run `udrl export` ({exporter})")
+    p, meta, tokenizer, output_vocab, _ = _read_model_dir(p)
+    return p, meta, tokenizer, output_vocab, p / export_dir
+
+
 def _first_missed_ban(seq: Sequence[int], skip: np.ndarray, countdown: Countdown | None,
                       end_id: int, budget: int, emittable: frozenset[int], length: int
                       ) -> tuple[int, list[int] | None] | None:
@@ -610,12 +625,8 @@ def load_fast_rewriter(path: str | Path, compute_type: str = "default", intra_th
         raise ConfigError(f"intra_threads {intra_threads} must be >= 0 and inter_threads "
                           f"{inter_threads} >= 1")
     kind, index = _device_index(device)
-    p = Path(path)
-    problem = export_problem(p) if (p / "udrl.json").is_file() else None
-    if problem:  # checked first: it is cheap, the tokenizer is not
-        raise ModelError(f"{problem}; run `udrl export` (rewriters.fast.export_ctranslate2)")
-    p, meta, tokenizer, output_vocab, _ = _read_model_dir(p)
-    out = p / EXPORT_DIR
+    p, meta, tokenizer, output_vocab, out = _open_export(
+        path, export_problem, EXPORT_DIR, "rewriters.fast.export_ctranslate2")
     try:
         generator = ctranslate2.Generator(str(out), device=kind, device_index=index,
                                           compute_type=compute_type,

@@ -41,12 +41,13 @@ from .fast import (
     _banned_digest,
     _begin_export,
     _check_export,
+    _open_export,
     _read_export,
     _write_export,
 )
 from .generate import (NGRAM_BAN, Rewriter, RewriterBase, load_rewriter,
                        repeated_trigram_bans, restrict_output)
-from .model import RewriterMeta, read_model_dir
+from .model import RewriterMeta
 
 __all__ = [
     "ONNX_DIR",
@@ -304,12 +305,8 @@ def load_onnx_rewriter(path: str | Path, intra_threads: int = 0, batch_size: int
 
     if intra_threads < 0:
         raise ConfigError(f"intra_threads {intra_threads} must be >= 0")
-    p = Path(path)
-    problem = onnx_export_problem(p) if (p / "udrl.json").is_file() else None
-    if problem:  # checked first: it is cheap, the tokenizer is not
-        raise ModelError(f"{problem}; run `udrl export` (rewriters.onnx_engine.export_onnx)")
-    p, meta, tokenizer, output_vocab, _ = read_model_dir(p)
-    out = p / ONNX_DIR
+    p, meta, tokenizer, output_vocab, out = _open_export(
+        path, onnx_export_problem, ONNX_DIR, "rewriters.onnx_engine.export_onnx")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_threads
     opts.inter_op_num_threads = 1
