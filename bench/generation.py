@@ -121,31 +121,21 @@ def _count_generated(rw, counts: list[int]) -> None:
 def _onnx_greedy(rw, items, new: int) -> int:
     """Greedy over the ONNX session, exactly ``new`` tokens per input; returns tokens made.
 
-    The engine alone, as ``generate_batch`` is for CTranslate2: left padding and the KV cache
-    as ``OnnxRewriter`` uses them, <|end|> held off, no bans, no cleanup.
+    The engine alone, as ``generate_batch`` is for CTranslate2: right padding and the in-place
+    KV cache as ``OnnxRewriter`` uses them (its ``KVDecoder``), <|end|> held off, no bans, no
+    cleanup.
     """
     import numpy as np
 
-    enc = [rw.encode_input(q, c) for q, c in items]
-    width = max(len(e) for e in enc)
-    ids = np.full((len(enc), width), rw.end_id, dtype=np.int64)
-    mask = np.zeros_like(ids)
-    for i, e in enumerate(enc):
-        ids[i, width - len(e):] = e
-        mask[i, width - len(e):] = 1
-    pos = np.where(mask == 1, mask.cumsum(1) - 1, 0)
-    heads, head_dim = rw._cache_shape
-    empty = np.zeros((len(enc), heads, 0, head_dim), np.float32)
-    logits, past = rw._step(ids, pos, mask, [empty] * len(rw._past_names))
-    nxt_pos, made = pos[:, -1:] + 1, 0
+    dec = rw.decoder()
+    logits = dec.prefill([rw.encode_input(q, c) for q, c in items], rw.end_id, new)
+    made = 0
     for step in range(new):
         logits[:, rw._end_col] = -np.inf  # as min_length: never stop early
         choice = logits.argmax(1)
         made += len(choice)
         if step + 1 < new:
-            mask = np.concatenate([mask, np.ones((len(enc), 1), np.int64)], 1)
-            logits, past = rw._step(rw.columns[choice][:, None], nxt_pos, mask, past)
-            nxt_pos = nxt_pos + 1
+            logits = dec.step(rw.columns[choice])
     return made
 
 

@@ -1,8 +1,8 @@
-"""The ONNX Runtime engine: the rewriter as an ONNX graph (int8 weights), same API and commands.
+"""The ONNX Runtime engine: the rewriter as an int8 or int4 ONNX graph, same API and commands.
 
 A model directory may hold its export next to the weights::
 
-    <model_dir>/onnx/   model.onnx        GPT-2 with an explicit KV cache (see ``onnx_graph``)
+    <model_dir>/onnx/   model.onnx        GPT-2, its KV cache written in place (see ``onnx_graph``)
                         udrl_export.json  model version, quantization, banned-token digest
 
 The decoding loop is this module's own, in numpy, so it enforces the commands exactly as the
@@ -22,8 +22,8 @@ PyTorch ``Rewriter``'s logits processor does:
   word-count rules and beam bookkeeping are not worth a second implementation.
 
 Greedy output equals the PyTorch engine's for a float32 export (up to float rounding on exact
-near-ties); int8 weights (``quantize_dynamic``, QInt8) change the logits slightly. Rows that
-end are dropped from the batch and its cache. torch is never imported on the serving path.
+near-ties); int8 weights (``quantize_dynamic``, QInt8) change the logits slightly, int4 ones
+(``MatMulNBits``) a little more. Rows that end are dropped from the batch and its cache. torch is never imported on the serving path.
 """
 
 from __future__ import annotations
@@ -62,8 +62,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ONNX_DIR = "onnx"  # the export's folder inside the model directory
-ONNX_QUANTIZATIONS = ("int8", "float32")  # int8: dynamic QInt8 weights (~4x smaller, faster)
-ONNX_FORMAT = 1
+# int8: dynamic QInt8 weights (~4x smaller than float32, fastest under batching);
+# int4: 4-bit matrix weights (MatMulNBits), int8 embeddings: fastest at batch 1
+ONNX_QUANTIZATIONS = ("int8", "int4", "float32")
+INT4_BLOCK = 32  # int4 weights: one float32 scale per 32 input rows of each output column
+ONNX_FORMAT = 2  # 2: GroupQueryAttention, cache written in place (1 concatenated it)
 MODEL_FILE = "model.onnx"
 
 
@@ -88,8 +91,10 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path | None = None,
     Args:
         model_dir: a directory written by ``save_model_dir``.
         out_dir: where to write; default ``<model_dir>/onnx`` (what ``auto`` looks for).
-        quantization: "int8" (dynamic QInt8 weights, fastest on CPU) or "float32" (the
-            PyTorch weights as they are).
+        quantization: "int8" (dynamic QInt8 weights, the fastest under batching), "int4"
+            (4-bit matrix weights in blocks of 32 with int8 compute, int8 embeddings: the
+            fastest at batch 1, slower under batching, logits a little further from float32)
+            or "float32" (the PyTorch weights as they are).
         force: replace an existing export. Without it an export that is already current (same
             model version, quantization and bans) is kept and returned; any other raises.
     Returns:
@@ -129,9 +134,30 @@ def _write_model(model_dir: Path, columns: np.ndarray, n_rows: int, tmp: Path,
     if quantization == "int8":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        quantize_dynamic(fp32, tmp / MODEL_FILE, weight_type=QuantType.QInt8)
+        # DefaultTensorType: shape inference cannot type the contrib ops' outputs
+        quantize_dynamic(fp32, tmp / MODEL_FILE, weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": 1})  # TensorProto.FLOAT
+        fp32.unlink()
+    elif quantization == "int4":
+        _quantize_int4(fp32, tmp / MODEL_FILE)
         fp32.unlink()
     return diff
+
+
+def _quantize_int4(src: Path, dst: Path) -> None:
+    """4-bit matrix weights (symmetric, blocks of ``INT4_BLOCK``, int8 compute), int8 embeddings."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    q = MatMulNBitsQuantizer(onnx.load(str(src)), block_size=INT4_BLOCK, is_symmetric=True,
+                             accuracy_level=4)  # 4: activations quantized to int8 per block
+    q.process()
+    mid = dst.with_name("model.int4.onnx")
+    q.model.save_model_to_file(str(mid), use_external_data_format=False)
+    quantize_dynamic(mid, dst, weight_type=QuantType.QInt8, op_types_to_quantize=["Gather"],
+                     extra_options={"DefaultTensorType": 1})  # the embedding tables
+    mid.unlink()
 
 
 def _ort_version() -> str:
@@ -203,15 +229,11 @@ class OnnxRewriter(TorchFallback, RewriterBase):
         if export.get("model_version") != meta.version:
             raise ModelError(f"ONNX export is of model version {export.get('model_version')}"
                              f", not {meta.version}; re-export with `udrl export`")
-        inputs, outputs = session.get_inputs(), session.get_outputs()
         if (export.get("banned_digest") != _banned_digest(self.banned)
-                or outputs[0].shape[-1] != len(self.columns)):
+                or session.get_outputs()[0].shape[-1] != len(self.columns)):
             raise ModelError("the ONNX export bans other tokens than this model directory "
                              "(tokenizer or output_vocab.json changed); re-export with "
                              "`udrl export`")
-        self._past_names = [i.name for i in inputs[3:]]
-        _, heads, _, head_dim = inputs[3].shape  # (batch, H, past, D)
-        self._cache_shape = (int(heads), int(head_dim))
         self._rng = np.random.default_rng()
         self._init_fallback(fallback)
 
@@ -227,35 +249,25 @@ class OnnxRewriter(TorchFallback, RewriterBase):
     def _seed(self, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
 
-    def _step(self, ids: np.ndarray, pos: np.ndarray, mask: np.ndarray,
-              past: Sequence[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(logits (B, C), presents) for token ids (B, S) at positions (B, S) after ``past``."""
-        feeds = {"input_ids": ids, "position_ids": pos, "attention_mask": mask}
-        feeds.update(zip(self._past_names, past))
-        logits, *presents = self.session.run(None, feeds)
-        return logits, presents
+    def decoder(self):
+        """A ``KVDecoder`` over this engine's session: one per batch (it holds the cache)."""
+        from .onnx_graph import KVDecoder
+
+        return KVDecoder(self.session)
 
     def _generate(self, chunk, n, strict, decoding, temperature, top_p, num_beams):
         assert not strict and decoding != "beam"  # routed to the fallback in rewrite_batch
-        encoded, width, budget = self._plan(chunk, strict)
-        ids = np.full((len(encoded), width), self.end_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for i, e in enumerate(encoded):  # left padding: generation continues on the right
-            ids[i, width - len(e):] = e
-            mask[i, width - len(e):] = 1
-        pos = np.where(mask == 1, mask.cumsum(1) - 1, 0)  # as transformers' generate makes them
-        empty = np.zeros((len(encoded), self._cache_shape[0], 0, self._cache_shape[1]),
-                         np.float32)  # (B, H, 0, D): nothing cached yet
-        logits, past = self._step(ids, pos, mask, [empty] * len(self._past_names))
+        encoded, _, budget = self._plan(chunk, strict)
+        dec = self.decoder()
+        logits = dec.prefill(encoded, self.end_id, budget)
         if n > 1:  # n draws per item share one prefill
-            logits, mask, pos = (np.repeat(a, n, axis=0) for a in (logits, mask, pos))
-            past = [np.repeat(a, n, axis=0) for a in past]
+            logits = np.repeat(logits, n, axis=0)
+            dec.select(np.repeat(np.arange(len(encoded)), n))
         rows = logits.shape[0]
         lengths = np.repeat([c.length for _, c in chunk], n)  # (rows,) words asked
         gen = np.zeros((rows, budget), dtype=np.int64)  # chosen logits columns
         length = np.full(rows, budget)
         alive = np.arange(rows)  # which row each batch row is
-        nxt_pos = pos[:, -1:] + 1  # (A, 1)
         for step in range(budget):
             scores = logits
             if step >= NGRAM_BAN:
@@ -280,12 +292,10 @@ class OnnxRewriter(TorchFallback, RewriterBase):
             if step + 1 == budget or ended.all():
                 break
             if ended.any():  # finished rows leave the batch and its cache
-                keep = ~ended
-                alive, choice, mask, nxt_pos = alive[keep], choice[keep], mask[keep], nxt_pos[keep]
-                past = [a[keep] for a in past]
-            mask = np.concatenate([mask, np.ones((len(alive), 1), np.int64)], 1)
-            logits, past = self._step(self.columns[choice][:, None], nxt_pos, mask, past)
-            nxt_pos = nxt_pos + 1
+                keep = np.flatnonzero(~ended)
+                alive, choice = alive[keep], choice[keep]
+                dec.select(keep)
+            logits = dec.step(self.columns[choice])
         seqs = [self.columns[gen[r, :length[r]]].tolist() for r in range(rows)]
         return [[self._finish(seqs[i * n + j], c) for j in range(n)]
                 for i, (_, c) in enumerate(chunk)]

@@ -1,150 +1,236 @@
-"""The rewriter's GPT-2 as an ONNX graph with an explicit KV cache (export side; needs torch).
+"""The rewriter's GPT-2 as an ONNX graph whose KV cache is written in place, and its driver.
 
 The graph, per call::
 
     inputs   input_ids (B, S) int64, position_ids (B, S) int64,
-             attention_mask (B, P + S) int64 (0 on left padding),
-             past_key_<i>, past_value_<i> (B, H, P, D) float32 for every layer i (P may be 0)
-    outputs  logits (B, C) float32 of the last position, over the C emittable tokens only,
-             present_key_<i>, present_value_<i> (B, H, P + S, D)
+             seqlens_k (B,) int32: each row's token count after this call, minus 1,
+             total_sequence_length () int32: the largest token count after this call,
+             last_index (B,) int64: the flat position (b * S + s) whose logits are returned,
+             past_key_<i>, past_value_<i> (B, H, M, D) float32 for every layer i: the cache
+    outputs  logits (B, C) float32 over the C emittable tokens only,
+             present_key_<i>, present_value_<i> (B, H, M, D): the same cache, updated
+
+Attention is ONNX Runtime's ``GroupQueryAttention`` (com.microsoft) on GPT-2's packed
+q/k/v projection. It writes a call's keys and values into the cache at each row's own length
+and attends to each row's first ``seqlens_k + 1`` positions, so a batch is right-padded and its
+rows may have different lengths. ``KVDecoder`` binds each present output to its past input's
+memory, so a step copies no cache (the first export format concatenated the whole cache onto
+a new array every step). ``M`` is the capacity: prompt width plus the token budget.
 
 Only the output rows of tokens that may be emitted are kept (``columns``, increasing token
 ids): banned tokens then cost nothing per step and can never be chosen, as with the -inf
-output bias of the CTranslate2 export. Position ids follow the attention mask as
-transformers' ``generate`` makes them (``cumsum(mask) - 1``, 0 on padding), so left-padded
-batches give the same logits as unpadded inputs.
+output bias of the CTranslate2 export.
+
+The graph is written from the model's weights with ``onnx.helper`` (no tracing) and checked
+against transformers' forward pass before it is kept (``check_graph``). Serving needs
+onnxruntime and numpy only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .errors import ModelError
 
-__all__ = ["OPSET", "input_names", "output_names", "write_graph", "check_graph"]
+__all__ = ["KVDecoder", "write_graph", "check_graph"]
 
-OPSET = 17
 _MAX_DIFF = 1e-3  # largest |ONNX - torch| logit accepted for the float32 graph
+_GELU = {"gelu_new": "FastGelu", "gelu_pytorch_tanh": "FastGelu", "gelu": "BiasGelu"}
 
 
-def input_names(n_layer: int) -> list[str]:
-    past = [f"past_{kv}_{i}" for i in range(n_layer) for kv in ("key", "value")]
-    return ["input_ids", "position_ids", "attention_mask", *past]
+def _graph(weights: dict[str, np.ndarray], cfg: Any, columns: np.ndarray):
+    """The ONNX model (float32) of a GPT-2 with ``weights`` (a state dict as numpy arrays)."""
+    from onnx import TensorProto, helper, numpy_helper
 
+    width, heads, n_layer = cfg.n_embd, cfg.n_head, cfg.n_layer
+    head_dim = width // heads
+    gelu = _GELU.get(cfg.activation_function)
+    if (gelu is None or getattr(cfg, "scale_attn_by_inverse_layer_idx", False)
+            or getattr(cfg, "add_cross_attention", False)):
+        raise ModelError(f"the ONNX export supports plain GPT-2 only (activation one of "
+                         f"{', '.join(_GELU)}; no per-layer attention scaling, no "
+                         f"cross-attention), not activation {cfg.activation_function!r}")
+    inits, nodes = [], []
 
-def output_names(n_layer: int) -> list[str]:
-    return ["logits", *[f"present_{kv}_{i}" for i in range(n_layer) for kv in ("key", "value")]]
+    def init(name: str, array: np.ndarray, dtype: type = np.float32) -> str:
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype), name))
+        return name
 
+    def node(op: str, inputs: list[str], outputs: list[str], domain: str = "", **attrs) -> str:
+        nodes.append(helper.make_node(op, inputs, outputs, domain=domain, **attrs))
+        return outputs[0]
 
-def _graph_module(model, columns: np.ndarray):
-    """A torch module computing the graph above from a ``GPT2LMHeadModel``'s own layers."""
-    import torch
+    def norm(x: str, prefix: str, out: str) -> str:
+        return node("LayerNormalization", [x, init(prefix + ".g", weights[prefix + ".weight"]),
+                                           init(prefix + ".b", weights[prefix + ".bias"])],
+                    [out], axis=-1, epsilon=float(cfg.layer_norm_epsilon))
 
-    cfg = model.config
-    if getattr(cfg, "scale_attn_by_inverse_layer_idx", False) or getattr(
-            cfg, "add_cross_attention", False):
-        raise ModelError("the ONNX export supports plain GPT-2 attention only "
-                         "(scale_attn_by_inverse_layer_idx and cross-attention are off)")
+    def matmul(x: str, prefix: str, out: str) -> str:  # GPT-2's Conv1D: x @ W, W is (in, out)
+        return node("MatMul", [x, init(prefix + ".w", weights[prefix + ".weight"])], [out])
 
-    class Graph(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.t = model.transformer
-            self.n_head, self.width = cfg.n_head, cfg.n_embd
-            self.head_dim = cfg.n_embd // cfg.n_head
-            self.scale = self.head_dim ** -0.5 if cfg.scale_attn_weights else 1.0
-            rows = model.lm_head.weight[torch.as_tensor(columns, dtype=torch.long)]  # (C, E)
-            self.register_buffer("out_w", rows.detach().T.contiguous())  # (E, C)
+    def linear(x: str, prefix: str, out: str) -> str:
+        return node("Add", [matmul(x, prefix, out + ".mm"),
+                            init(prefix + ".bias", weights[prefix + ".bias"])], [out])
 
-        def _heads(self, x, b: int, s: int):
-            return x.view(b, s, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, S, D)
+    wte = weights["transformer.wte.weight"]
+    h = node("Add", [node("Gather", [init("wte", wte), "input_ids"], ["tok"]),
+                     node("Gather", [init("wpe", weights["transformer.wpe.weight"]),
+                                     "position_ids"], ["pos"])], ["h"])
+    scale = {} if cfg.scale_attn_weights else {"scale": 1.0}  # default: 1 / sqrt(head_dim)
+    for i in range(n_layer):
+        p = f"transformer.h.{i}"
+        qkv = linear(norm(h, p + ".ln_1", f"ln1.{i}"), p + ".attn.c_attn", f"qkv.{i}")
+        node("GroupQueryAttention",
+             [qkv, "", "", f"past_key_{i}", f"past_value_{i}", "seqlens_k",
+              "total_sequence_length"],
+             [f"attn.{i}", f"present_key_{i}", f"present_value_{i}"], domain="com.microsoft",
+             num_heads=heads, kv_num_heads=heads, **scale)
+        h = node("Add", [h, linear(f"attn.{i}", p + ".attn.c_proj", f"proj.{i}")], [f"ha.{i}"])
+        up = matmul(norm(h, p + ".ln_2", f"ln2.{i}"), p + ".mlp.c_fc", f"fc.{i}")
+        act = node(gelu, [up, init(p + ".mlp.c_fc.bias", weights[p + ".mlp.c_fc.bias"])],
+                   [f"act.{i}"], domain="com.microsoft")
+        h = node("Add", [h, linear(act, p + ".mlp.c_proj", f"mlp.{i}")], [f"hm.{i}"])
+    flat = node("Reshape", [h, init("flat", np.array([-1, width]), np.int64)], ["h_flat"])
+    last = node("Gather", [flat, "last_index"], ["h_last"], axis=0)  # (B, E)
+    final = norm(last, "transformer.ln_f", "h_final")
+    node("MatMul", [final, init("out_w", wte[columns].T)], ["logits"])  # (B, C)
 
-        def forward(self, input_ids, position_ids, attention_mask, *past):
-            b, s = input_ids.shape
-            total = attention_mask.shape[1]  # P + S
-            h = self.t.wte(input_ids) + self.t.wpe(position_ids)  # (B, S, E)
-            q_pos = torch.arange(s) + (total - s)
-            causal = torch.arange(total)[None, :] <= q_pos[:, None]  # (S, P+S)
-            keep = causal[None, None] & attention_mask[:, None, None, :].bool()  # (B, 1, S, P+S)
-            presents = []
-            for i, blk in enumerate(self.t.h):
-                q, k, v = blk.attn.c_attn(blk.ln_1(h)).split(self.width, dim=2)
-                k = torch.cat([past[2 * i], self._heads(k, b, s)], dim=2)  # (B, H, P+S, D)
-                v = torch.cat([past[2 * i + 1], self._heads(v, b, s)], dim=2)
-                presents += [k, v]
-                scores = self._heads(q, b, s) @ k.transpose(-1, -2) * self.scale
-                # finfo.min, not -inf: a padding query that sees no key gets a uniform row, not NaN
-                scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
-                a = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, s, self.width)
-                h = h + blk.attn.c_proj(a)
-                h = h + blk.mlp(blk.ln_2(h))
-            last = self.t.ln_f(h[:, -1])  # (B, E)
-            return (last @ self.out_w, *presents)
+    def value(name: str, elem: int, shape: list) -> Any:
+        return helper.make_tensor_value_info(name, elem, shape)
 
-    return Graph().eval()
-
-
-def _example(model, columns: np.ndarray, past: int):
-    """A left-padded (2, 3) input after ``past`` cached positions, as torch tensors."""
-    import torch
-
-    cfg = model.config
-    g = torch.Generator().manual_seed(0)
-    pick = torch.as_tensor(columns)[torch.randint(len(columns), (2, 3 + past), generator=g)]
-    mask = torch.ones_like(pick)
-    mask[0, :2] = 0  # row 0 starts with two padding positions
-    pos = (mask.cumsum(1) - 1).masked_fill(mask == 0, 0)
-    empty = torch.zeros(2, cfg.n_head, 0, cfg.n_embd // cfg.n_head)
-    return pick, pos, mask, empty
+    cache = ["batch", heads, "capacity", head_dim]
+    inputs = [value("input_ids", TensorProto.INT64, ["batch", "seq"]),
+              value("position_ids", TensorProto.INT64, ["batch", "seq"]),
+              value("seqlens_k", TensorProto.INT32, ["batch"]),
+              value("total_sequence_length", TensorProto.INT32, []),
+              value("last_index", TensorProto.INT64, ["batch"])]
+    outputs = [value("logits", TensorProto.FLOAT, ["batch", len(columns)])]
+    for i in range(n_layer):
+        inputs += [value(f"past_{kv}_{i}", TensorProto.FLOAT, cache) for kv in ("key", "value")]
+        outputs += [value(f"present_{kv}_{i}", TensorProto.FLOAT, cache)
+                    for kv in ("key", "value")]
+    graph = helper.make_graph(nodes, "udrl_gpt2", inputs, outputs, inits)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=8)  # ORT reads IR <= 13
 
 
 def write_graph(model, columns: np.ndarray, path: Path) -> None:
-    """Export ``model`` (a float32 ``GPT2LMHeadModel``) as the float32 graph to ``path``."""
-    import torch
+    """Write ``model`` (a float32 ``GPT2LMHeadModel``) as the float32 graph to ``path``."""
+    import onnx
 
-    graph = _graph_module(model, columns)
-    n_layer = model.config.n_layer
-    ids, pos, mask, empty = _example(model, columns, past=2)
-    with torch.no_grad():  # a prefill of 2 positions gives a non-empty cache to trace with
-        _, *past = graph(ids[:, :2], pos[:, :2], mask[:, :2], *[empty] * (2 * n_layer))
-    args = (ids[:, 2:], pos[:, 2:], mask, *past)
-    names_in, names_out = input_names(n_layer), output_names(n_layer)
-    axes = {"input_ids": {0: "batch", 1: "seq"}, "position_ids": {0: "batch", 1: "seq"},
-            "attention_mask": {0: "batch", 1: "total"}, "logits": {0: "batch"}}
-    axes.update({n: {0: "batch", 2: "past"} for n in names_in[3:]})
-    axes.update({n: {0: "batch", 2: "total"} for n in names_out[1:]})
-    with torch.no_grad():
-        torch.onnx.export(graph, args, str(path), input_names=names_in, output_names=names_out,
-                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    weights = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    onnx.save(_graph(weights, model.config, columns), str(path))
+
+
+class KVDecoder:
+    """Runs the graph over one batch: a right-padded prefill, then one token per row a step.
+
+    The cache is one numpy buffer per layer and kind, (B, H, M, D), allocated zeroed (pages
+    become resident only where positions are written) and bound as both the past input and
+    the present output, so ONNX Runtime writes each step's keys and values into it in place.
+
+    Args:
+        session: an ``onnxruntime.InferenceSession`` over a graph written by ``write_graph``.
+    """
+
+    def __init__(self, session):
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.session = session
+        self._past = [i.name for i in session.get_inputs() if i.name.startswith("past_")]
+        _, self.heads, _, self.head_dim = session.get_inputs()[5].shape  # (batch, H, M, D)
+        self.columns = int(session.get_outputs()[0].shape[-1])
+        self.cache: list[np.ndarray] = []
+        self.lengths = np.zeros(0, np.int64)  # tokens each row holds in the cache
+
+    def prefill(self, encoded: Sequence[Sequence[int]], pad_id: int, budget: int) -> np.ndarray:
+        """Logits (B, C) after each input; the cache gets room for ``budget`` more tokens."""
+        lengths = np.array([len(e) for e in encoded], np.int64)
+        width = int(lengths.max())
+        ids = np.full((len(encoded), width), pad_id, np.int64)
+        for i, e in enumerate(encoded):  # right padding: each row continues at its own length
+            ids[i, :len(e)] = e
+        pos = np.broadcast_to(np.arange(width, dtype=np.int64), ids.shape)
+        shape = (len(encoded), int(self.heads), width + budget, int(self.head_dim))
+        self._bind([np.zeros(shape, np.float32) for _ in self._past])
+        self.lengths = lengths
+        last = np.arange(len(encoded)) * width + lengths - 1
+        return self._run(ids, np.ascontiguousarray(pos), lengths - 1, width, last)
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        """Logits (B, C) after appending ``tokens`` (B,) token ids, one to each row."""
+        rows = len(tokens)
+        logits = self._run(tokens.astype(np.int64)[:, None], self.lengths[:, None],
+                           self.lengths, int(self.lengths.max()) + 1, np.arange(rows))
+        self.lengths = self.lengths + 1
+        return logits
+
+    def select(self, rows: np.ndarray) -> None:
+        """Keep only cache rows ``rows`` (indices, repeats allowed), in that order."""
+        used = int(self.lengths.max())  # copy the filled positions only: the rest stays unpaged
+        new = []
+        for buf in self.cache:
+            out = np.zeros((len(rows), *buf.shape[1:]), np.float32)
+            out[:, :, :used] = buf[rows, :, :used]
+            new.append(out)
+        self._bind(new)
+        self.lengths = self.lengths[rows]
+
+    def _bind(self, cache: list[np.ndarray]) -> None:
+        self.cache = cache
+        self._io = io = self.session.io_binding()
+        for name, buf in zip(self._past, cache):
+            value = self._ort.OrtValue.ortvalue_from_numpy(buf)  # shares buf's memory
+            io.bind_ortvalue_input(name, value)
+            io.bind_ortvalue_output(name.replace("past_", "present_", 1), value)
+
+    def _run(self, ids, pos, seqlens, total: int, last) -> np.ndarray:
+        io, ort = self._io, self._ort
+        if total > self.cache[0].shape[2]:
+            raise ModelError(f"the KV cache holds {self.cache[0].shape[2]} positions, "
+                             f"a row needs {total}")
+        io.bind_cpu_input("input_ids", ids)
+        io.bind_cpu_input("position_ids", pos)
+        io.bind_cpu_input("seqlens_k", np.asarray(seqlens, np.int32))
+        io.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
+        io.bind_cpu_input("last_index", np.asarray(last, np.int64))
+        logits = np.empty((len(ids), self.columns), np.float32)
+        io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
+        self.session.run_with_iobinding(io)
+        return logits
 
 
 def check_graph(model, columns: np.ndarray, path: Path) -> float:
-    """Largest |ONNX - torch| logit over a left-padded prefill and one cached step.
+    """Largest |ONNX - torch| logit over a right-padded prefill of two rows and two steps.
 
-    Raises ModelError above 1e-3: the exported graph does not compute the model.
+    The reference is transformers' own forward pass over each row alone. Raises ModelError
+    above 1e-3: the exported graph does not compute the model.
     """
     import onnxruntime as ort
     import torch
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    n_layer = model.config.n_layer
-    ids, pos, mask, empty = _example(model, columns, past=0)
-    nxt = torch.as_tensor(columns)[:2, None]  # (2, 1) one more token per row
-    full_ids, full_mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
-    full_pos = (full_mask.cumsum(1) - 1).masked_fill(full_mask == 0, 0)
-    with torch.no_grad():  # the reference: transformers' own forward over the whole sequence
-        ref = model(input_ids=full_ids, attention_mask=full_mask, position_ids=full_pos).logits
-    ref = ref[:, :, torch.as_tensor(columns)].numpy()  # (2, 4, C)
-    feeds = {"input_ids": ids.numpy(), "position_ids": pos.numpy(), "attention_mask": mask.numpy()}
-    feeds.update({n: empty.numpy() for n in input_names(n_layer)[3:]})
-    logits, *past = sess.run(None, feeds)
-    diff = float(np.abs(logits - ref[:, 2]).max())
-    feeds = {"input_ids": nxt.numpy(), "position_ids": full_pos[:, -1:].numpy(),
-             "attention_mask": full_mask.numpy(), **dict(zip(input_names(n_layer)[3:], past))}
-    logits = sess.run(None, feeds)[0]
-    diff = max(diff, float(np.abs(logits - ref[:, 3]).max()))
+    g = torch.Generator().manual_seed(0)
+    pick = torch.as_tensor(columns)[torch.randint(len(columns), (2, 7), generator=g)]
+    rows = [pick[0, :5], pick[1, :3]]  # rows of different lengths, then 2 steps each
+    steps = pick[:, 5:]
+    dec = KVDecoder(sess)
+    got = [dec.prefill([r.tolist() for r in rows], int(columns[0]), 2)]
+    for s in range(steps.shape[1]):
+        got.append(dec.step(steps[:, s].numpy()))
+    diff = 0.0
+    cols = torch.as_tensor(columns)
+    for b, row in enumerate(rows):
+        full = torch.cat([row, steps[b]])[None]
+        with torch.no_grad():
+            ref = model(input_ids=full).logits[0, :, cols].numpy()  # (T, C)
+        for s, logits in enumerate(got):
+            diff = max(diff, float(np.abs(logits[b] - ref[len(row) - 1 + s]).max()))
     if not diff <= _MAX_DIFF:  # NaN fails too
         raise ModelError(f"the ONNX graph's logits differ from torch by {diff:.2e} (> "
                          f"{_MAX_DIFF}); the export is wrong, please report it")

@@ -134,6 +134,7 @@ def test_index_commands_build_and_publish(workspace, tmp_path, capsys):
         (["--config", "/nonexistent.toml", "rewrite", "x"], "error: config file /nonexistent.toml does not exist"),
         (["bogus"], "error: No such command 'bogus'"),
         (["export", "--engine", "tvm"], "error: unknown engine 'tvm'; allowed: all, onnx, ctranslate2"),
+        (["export", "--quantization", "int3"], "error: no engine has quantization 'int3'; ONNX Runtime: int8, int4, float32;"),
     ],
 )
 def test_bad_input_gives_one_error_line_and_exit_2(tmp_path, capsys, argv, message):

@@ -57,11 +57,19 @@ def vocab_engines(tiny_model_dir, tiny_rewriter, allowed, tmp_path_factory):
     return load_onnx_rewriter(f32, intra_threads=1), load_onnx_rewriter(i8), torch_rw
 
 
-def test_float32_greedy_equals_pytorch_in_left_padded_batches(f32_dir, vocab_engines,
+@pytest.fixture(scope="module")
+def int4_dir(tiny_model_dir, allowed, tmp_path_factory):
+    """The tiny model restricted to the same 6 words, exported with 4-bit weights."""
+    return _export_copy(tiny_model_dir, tmp_path_factory.mktemp("onnx-int4") / "m", "int4",
+                        allowed)
+
+
+def test_float32_greedy_equals_pytorch_in_padded_batches(f32_dir, vocab_engines,
                                                               tiny_rewriter):
     onnx = load_onnx_rewriter(f32_dir, intra_threads=1)
     assert isinstance(onnx, OnnxRewriter) and onnx.version == tiny_rewriter.version
-    # ITEMS: inputs of 4 to 12 tokens in one batch, so most rows are left-padded
+    # ITEMS: inputs of 4 to 12 tokens in one batch, so most rows are padded (ONNX Runtime
+    # pads on the right, PyTorch on the left)
     got, want = (e.rewrite_batch(ITEMS, decoding="greedy") for e in (onnx, tiny_rewriter))
     assert _same(got, want)
     # random weights hardly ever pick <|end|> among 50k tokens: prompts ran to the budget
@@ -88,9 +96,20 @@ def _check_outputs(outs, n, tokenizer, allowed):
             assert len(grams) == len(set(grams)), r.prompt  # the 3-gram ban held
 
 
-@pytest.mark.parametrize("which", [0, 1], ids=["float32", "int8"])
-def test_sampled_output_obeys_the_commands(vocab_engines, tokenizer, allowed, which):
-    onnx = vocab_engines[which]
+@pytest.mark.parametrize("which", [0, 1, "int4"], ids=["float32", "int8", "int4"])
+def test_sampled_output_obeys_the_commands(vocab_engines, int4_dir, tokenizer, allowed, which):
+    if which == "int4":
+        import onnx as onnx_lib
+
+        onnx = load_onnx_rewriter(int4_dir, fallback=False)
+        graph = onnx_lib.load(int4_dir / ONNX_DIR / "model.onnx").graph
+        ops = {n.op_type for n in graph.node}  # 4-bit matrix products, 8-bit embedding tables
+        assert {"MatMulNBits", "GroupQueryAttention"} <= ops and "MatMul" not in ops
+        tables = {i.name: i.data_type for i in graph.initializer if i.name.startswith("wte")}
+        assert "wte" not in tables and tables["wte_quantized"] in (2, 3)  # uint8 / int8
+        assert onnx.export["quantization"] == "int4"
+    else:
+        onnx = vocab_engines[which]
     outs = onnx.rewrite_batch(ITEMS, n=6, decoding="sample")
     _check_outputs(outs, 6, tokenizer, allowed)
     assert sum(r.valid for g in outs for r in g) >= 15  # of 30; P(<|end|> first) ~ 1/7
@@ -281,8 +300,8 @@ def test_auto_prefers_onnx_then_ctranslate2_then_torch(tiny_model_copy, torch_st
     meta["version"] = "20990101T000000Z-retrained"  # both exports now stale
     (tiny_model_copy / "udrl.json").write_text(json.dumps(meta))
     assert load_engine(tiny_model_copy) == torch_stub
-    with pytest.raises(ConfigError, match="unknown quantization 'int4'; allowed: int8, float32"):
-        export_onnx(tiny_model_copy, quantization="int4")
+    with pytest.raises(ConfigError, match="unknown quantization 'int3'; allowed: int8, int4, float32"):
+        export_onnx(tiny_model_copy, quantization="int3")
 
 
 def test_serving_path_never_imports_torch(f32_dir):
