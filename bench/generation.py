@@ -6,8 +6,8 @@ ONNX int8 (the export times are reported). Each engine then runs in its own chil
 the memory it reports is its own:
 
 * ``onnxruntime``: ``load_onnx_rewriter`` (dynamic QInt8 weights, never imports torch), then a
-  plain greedy loop over its ONNX session with the KV cache and the served
-  ``OnnxRewriter.rewrite_batch``;
+  plain greedy loop over its ONNX session (``KVDecoder``: right padding, the KV cache written
+  in place) and the served ``OnnxRewriter.rewrite_batch``;
 * ``ctranslate2``: ``load_fast_rewriter`` (int8 weights, int8 x float32 compute, never imports
   torch), then the raw ``Generator.generate_batch`` and the served ``FastRewriter.rewrite_batch``;
 * ``transformers``: ``load_rewriter`` (float32), then plain ``model.generate`` and the PyTorch
@@ -19,11 +19,11 @@ Per batch size (1, 8, 32 inputs: command tokens, a query of 1-9 words, ``<|promp
   ``min_length`` / ``min_new_tokens``); tokens/s = inputs x new tokens / wall seconds, median
   of ``timed_runs`` runs after one warm-up run;
 * ``rewriter``: the served path (bans, 3-gram ban, cleanup), greedy template prompts, one timed
-  run (not for transformers at batch 32, nor for the vocabulary variant below); random weights
-  rarely pick ``<|end|>``, so prompts run to the 128-token budget;
-  generated tokens are counted up to ``<|end|>``;
+  run (not at batch 32 for transformers and CTranslate2, nor for the vocabulary variants below);
+  random weights rarely pick ``<|end|>``, so prompts run to the 128-token budget; generated
+  tokens are counted up to ``<|end|>``;
 * ``memory``: peak resident MB (``VmHWM``) after loading, then per batch size (the peak is
-  reset before each size; batch 32 x ~140 positions holds a ~330 MB float32 KV cache).
+  reset before each size; batch 32 x ~140 positions holds a ~340 MB float32 KV cache).
 
 ``ratio`` = ctranslate2 / transformers, ``ratio_onnxruntime`` = onnxruntime / transformers
 (tokens/s, per batch size). Targets (2-core CPU): >= 200 tokens/s at batch 1,
@@ -34,11 +34,15 @@ keeps the output layer to the tokens its training prompts use (``output_vocab.js
 the demo model) and the ONNX export cuts the output layer to them; here the vocabulary is every
 token of the builtin teacher's phrases, their markers and ``<|end|>`` (``output_vocab`` in the
 result, about 3,000). The model still has 124M parameters: the input embedding keeps all rows.
+``onnxruntime_rewriter_vocab_int4``: that model exported with int4 weights (``MatMulNBits``,
+blocks of 32, int8 embeddings), the batch-1 choice; engine only, batches 1 and 8 (it is slower
+than int8 under batching).
 
 ``int8_ceiling``: this machine's memory read bandwidth (a 512 MiB float32 sum, median of 7) over
 the int8 bytes every new token reads (all weights but the position embeddings; with the output
 layer cut, its rows instead of the whole token embedding), i.e. the batch-1 tokens/s no int8
-engine can pass here: a baseline the batch-1 target can be judged by.
+engine can pass here: a baseline the batch-1 target can be judged by; with int4 weights and
+the output layer cut, the same for 4 bits a weight and a float32 scale per block of 32.
 
 Run: ``python -m bench.generation [--quick]`` prints the result as JSON (``--quick``: the tiny
 test model, batches 1 and 8, 16 new tokens).
@@ -287,8 +291,9 @@ def _rewriter_vocab(tokenizer) -> list[int]:
     return sorted(ids)
 
 
-def _build_vocab_variant(model_dir: Path, out_dir: Path) -> dict[str, Any]:
-    """``model_dir``'s weights with a rewriter's output vocabulary, exported to ONNX int8."""
+def _build_vocab_variant(model_dir: Path, out_dir: Path, quantization: str = "int8",
+                         ) -> dict[str, Any]:
+    """``model_dir``'s weights with a rewriter's output vocabulary, exported to ONNX."""
     import shutil
 
     from rewriters.onnx_engine import export_onnx
@@ -301,8 +306,9 @@ def _build_vocab_variant(model_dir: Path, out_dir: Path) -> dict[str, Any]:
     vocab = _rewriter_vocab(load_tokenizer())
     (out_dir / "output_vocab.json").write_text(json.dumps(vocab))
     t0 = time.perf_counter()
-    export_onnx(out_dir, quantization="int8")
-    return {"output_vocab": len(vocab), "onnx_export_s": round(time.perf_counter() - t0, 1)}
+    out = export_onnx(out_dir, quantization=quantization)
+    return {"output_vocab": len(vocab), "onnx_export_s": round(time.perf_counter() - t0, 1),
+            "onnx_dir_mb": round(sum(f.stat().st_size for f in out.iterdir()) / 2**20, 1)}
 
 
 def _memory_read_gb_s(threads: int, mib: int = 512, reps: int = 7) -> float:
@@ -326,19 +332,24 @@ def _ceiling(model: dict[str, Any], threads: int, output_rows: int) -> dict[str,
 
     Bytes per token: one byte per parameter (int8) except the position embeddings, of which a
     step reads one row; the output layer is the tied token embedding, read whole, or with the
-    output layer cut to a rewriter's vocabulary (``output_rows``), its rows only.
+    output layer cut to a rewriter's vocabulary (``output_rows``), its rows only. With int4
+    weights (cut output layer) a weight is half a byte plus a float32 scale per block.
     """
     from rewriters.model import MODEL_PRESETS
+    from rewriters.onnx_engine import INT4_BLOCK
 
     cfg = MODEL_PRESETS[model["preset"]]
     per_token = model["parameters_m"] * 1e6 - cfg.n_positions * cfg.n_embd
     cut = per_token - (model["vocab"] - output_rows) * cfg.n_embd
+    int4 = cut * (0.5 + 4 / INT4_BLOCK)  # 4 bits a weight and a float32 scale a block
     gb_s = _memory_read_gb_s(threads)
     return {"memory_read_gb_s": round(gb_s, 1),
             "int8_mb_per_token": round(per_token / 1e6, 1),
             "batch1_tokens_per_s": round(gb_s * 1e9 / per_token, 1),
             "rewriter_vocab_int8_mb_per_token": round(cut / 1e6, 1),
-            "rewriter_vocab_batch1_tokens_per_s": round(gb_s * 1e9 / cut, 1)}
+            "rewriter_vocab_batch1_tokens_per_s": round(gb_s * 1e9 / cut, 1),
+            "rewriter_vocab_int4_mb_per_token": round(int4 / 1e6, 1),
+            "rewriter_vocab_int4_batch1_tokens_per_s": round(gb_s * 1e9 / int4, 1)}
 
 
 def run(quick: bool = False) -> dict:
@@ -360,13 +371,19 @@ def run(quick: bool = False) -> dict:
         model = _build(model_dir, preset)
         vocab_dir = Path(tmp) / "rewriter-vocab"
         model["rewriter_vocab"] = _build_vocab_variant(model_dir, vocab_dir)
+        int4_dir = Path(tmp) / "rewriter-vocab-int4"
+        model["rewriter_vocab_int4"] = _build_vocab_variant(model_dir, int4_dir, "int4")
         ceiling = _ceiling(model, threads, model["rewriter_vocab"]["output_vocab"])
-        # the float32 baseline's served path at batch 32 (~40 s) and the vocabulary variant's
-        # served path are left out to keep `make bench` under 10 minutes on a slow day
+        # the served path at batch 32 of the float32 baseline (~40 s) and of CTranslate2
+        # (~25 s), and the vocabulary variants' served paths, are left out to keep `make bench`
+        # under 10 minutes on a slow day
         engines = {e: _run_child(e, model_dir, batches, new, reps, threads,
-                                 [b for b in batches if b <= 8] if e == "transformers" else None)
+                                 None if e == "onnxruntime" else [b for b in batches if b <= 8])
                    for e in ("onnxruntime", "ctranslate2", "transformers")}
         ort_vocab = _run_child("onnxruntime", vocab_dir, batches, new, reps, threads, served=[])
+        # int4 is the batch-1 choice (slower under batching): batches 1 and 8 only
+        ort_int4 = _run_child("onnxruntime", int4_dir, batches[:2], new, reps, threads,
+                              served=[])
     ort, ct2, hf = engines["onnxruntime"], engines["ctranslate2"], engines["transformers"]
     return {
         "quick": quick,
@@ -381,15 +398,18 @@ def run(quick: bool = False) -> dict:
                      "python": platform.python_version()},
         "onnxruntime": ort,
         "onnxruntime_rewriter_vocab": ort_vocab,
+        "onnxruntime_rewriter_vocab_int4": ort_int4,
         "ctranslate2": ct2,
         "transformers": hf,
         "ratio": _ratio(ct2, hf),
         "ratio_onnxruntime": _ratio(ort, hf),
         "ratio_onnxruntime_rewriter_vocab": _ratio(ort_vocab, hf),
+        "ratio_onnxruntime_rewriter_vocab_int4": _ratio(ort_int4, hf),
         "int8_ceiling": ceiling,
         "targets_met": None if quick else {  # the targets are for the GPT-2 small shape
             "ctranslate2": _targets(ct2), "onnxruntime": _targets(ort),
-            "onnxruntime_rewriter_vocab": _targets(ort_vocab)},
+            "onnxruntime_rewriter_vocab": _targets(ort_vocab),
+            "onnxruntime_rewriter_vocab_int4": _targets(ort_int4)},
     }
 
 
