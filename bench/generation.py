@@ -38,11 +38,11 @@ result, about 3,000). The model still has 124M parameters: the input embedding k
 blocks of 32, int8 embeddings), the batch-1 choice; engine only, batches 1 and 8 (it is slower
 than int8 under batching).
 
-``int8_ceiling``: this machine's memory read bandwidth (a 512 MiB float32 sum, median of 7) over
-the int8 bytes every new token reads (all weights but the position embeddings; with the output
-layer cut, its rows instead of the whole token embedding), i.e. the batch-1 tokens/s no int8
-engine can pass here: a baseline the batch-1 target can be judged by; with int4 weights and
-the output layer cut, the same for 4 bits a weight and a float32 scale per block of 32.
+``int8_ceiling`` (``bench/ceilings.py``): the tokens/s no engine can pass on this machine, the
+baselines the targets can be judged by. At batch 1, memory read bandwidth (a 512 MiB float32
+sum, median of 7) over the bytes every new token reads (int8; int8 and int4 with the output
+layer cut). Under batching (``int8_matmul``, 32 and 256 rows), ONNX Runtime's int8 matrix
+products alone: one layer's four matrices and the output layer, timed.
 
 Run: ``python -m bench.generation [--quick]`` prints the result as JSON (``--quick``: the tiny
 test model, batches 1 and 8, 16 new tokens).
@@ -311,47 +311,6 @@ def _build_vocab_variant(model_dir: Path, out_dir: Path, quantization: str = "in
             "onnx_dir_mb": round(sum(f.stat().st_size for f in out.iterdir()) / 2**20, 1)}
 
 
-def _memory_read_gb_s(threads: int, mib: int = 512, reps: int = 7) -> float:
-    """Memory read bandwidth: median time of a float32 sum over ``mib`` MiB on ``threads``."""
-    import torch
-
-    torch.set_num_threads(threads)
-    x = torch.ones(mib * 2**20 // 4)
-    for _ in range(2):
-        x.sum()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        x.sum()
-        times.append(time.perf_counter() - t0)
-    return x.numel() * 4 / statistics.median(times) / 1e9
-
-
-def _ceiling(model: dict[str, Any], threads: int, output_rows: int) -> dict[str, Any]:
-    """The batch-1 speed no int8 engine can pass here: every new token reads every weight once.
-
-    Bytes per token: one byte per parameter (int8) except the position embeddings, of which a
-    step reads one row; the output layer is the tied token embedding, read whole, or with the
-    output layer cut to a rewriter's vocabulary (``output_rows``), its rows only. With int4
-    weights (cut output layer) a weight is half a byte plus a float32 scale per block.
-    """
-    from rewriters.model import MODEL_PRESETS
-    from rewriters.onnx_engine import INT4_BLOCK
-
-    cfg = MODEL_PRESETS[model["preset"]]
-    per_token = model["parameters_m"] * 1e6 - cfg.n_positions * cfg.n_embd
-    cut = per_token - (model["vocab"] - output_rows) * cfg.n_embd
-    int4 = cut * (0.5 + 4 / INT4_BLOCK)  # 4 bits a weight and a float32 scale a block
-    gb_s = _memory_read_gb_s(threads)
-    return {"memory_read_gb_s": round(gb_s, 1),
-            "int8_mb_per_token": round(per_token / 1e6, 1),
-            "batch1_tokens_per_s": round(gb_s * 1e9 / per_token, 1),
-            "rewriter_vocab_int8_mb_per_token": round(cut / 1e6, 1),
-            "rewriter_vocab_batch1_tokens_per_s": round(gb_s * 1e9 / cut, 1),
-            "rewriter_vocab_int4_mb_per_token": round(int4 / 1e6, 1),
-            "rewriter_vocab_int4_batch1_tokens_per_s": round(gb_s * 1e9 / int4, 1)}
-
-
 def run(quick: bool = False) -> dict:
     """Build, export, then time the three engines in child processes.
 
@@ -364,6 +323,10 @@ def run(quick: bool = False) -> dict:
     import onnxruntime
     import transformers
 
+    from rewriters.onnx_engine import INT4_BLOCK
+
+    from bench.ceilings import ceilings
+
     preset, batches, new, reps = ("tiny", [1, 8], 16, 1) if quick else ("gpt2", [1, 8, 32], 48, 2)
     threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     with tempfile.TemporaryDirectory(prefix="bench-generation-") as tmp:
@@ -373,7 +336,7 @@ def run(quick: bool = False) -> dict:
         model["rewriter_vocab"] = _build_vocab_variant(model_dir, vocab_dir)
         int4_dir = Path(tmp) / "rewriter-vocab-int4"
         model["rewriter_vocab_int4"] = _build_vocab_variant(model_dir, int4_dir, "int4")
-        ceiling = _ceiling(model, threads, model["rewriter_vocab"]["output_vocab"])
+        ceiling = ceilings(model, threads, model["rewriter_vocab"]["output_vocab"], INT4_BLOCK)
         # the served path at batch 32 of the float32 baseline (~40 s) and of CTranslate2
         # (~25 s), and the vocabulary variants' served paths, are left out to keep `make bench`
         # under 10 minutes on a slow day
