@@ -23,7 +23,8 @@ PyTorch ``Rewriter``'s logits processor does:
 
 Greedy output equals the PyTorch engine's for a float32 export (up to float rounding on exact
 near-ties); int8 weights (``quantize_dynamic``, QInt8) change the logits slightly, int4 ones
-(``MatMulNBits``) a little more. Rows that end are dropped from the batch and its cache. torch is never imported on the serving path.
+(``MatMulNBits``) a little more. Rows that end are dropped from the batch and its cache. torch
+is never imported on the serving path.
 """
 
 from __future__ import annotations

@@ -97,7 +97,8 @@ def _graph(weights: dict[str, np.ndarray], cfg: Any, columns: np.ndarray):
     flat = node("Reshape", [h, init("flat", np.array([-1, width]), np.int64)], ["h_flat"])
     last = node("Gather", [flat, "last_index"], ["h_last"], axis=0)  # (B, E)
     final = norm(last, "transformer.ln_f", "h_final")
-    node("MatMul", [final, init("out_w", wte[columns].T)], ["logits"])  # (B, C)
+    head = weights.get("lm_head.weight", wte)  # the token embedding when tied (GPT-2's way)
+    node("MatMul", [final, init("out_w", head[columns].T)], ["logits"])  # (B, C)
 
     def value(name: str, elem: int, shape: list) -> Any:
         return helper.make_tensor_value_info(name, elem, shape)
@@ -142,8 +143,9 @@ class KVDecoder:
 
         self._ort = ort
         self.session = session
-        self._past = [i.name for i in session.get_inputs() if i.name.startswith("past_")]
-        _, self.heads, _, self.head_dim = session.get_inputs()[5].shape  # (batch, H, M, D)
+        past = [i for i in session.get_inputs() if i.name.startswith("past_")]
+        self._past = [i.name for i in past]
+        _, self.heads, _, self.head_dim = past[0].shape  # (batch, H, M, D)
         self.columns = int(session.get_outputs()[0].shape[-1])
         self.cache: list[np.ndarray] = []
         self.lengths = np.zeros(0, np.int64)  # tokens each row holds in the cache

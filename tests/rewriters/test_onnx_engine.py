@@ -83,6 +83,35 @@ def test_float32_greedy_equals_pytorch_in_padded_batches(f32_dir, vocab_engines,
         assert _same(onnx.rewrite_batch([item], decoding="greedy"), [row])
 
 
+def test_kv_decoder_rows_continue_as_if_alone(f32_dir):
+    """Right padding, rows of other lengths, and ``select`` (dropping and repeating rows) give
+    each row the logits it gets decoded alone."""
+    onnx = load_onnx_rewriter(f32_dir, intra_threads=1)
+    rows, nxt = [[5, 6, 7, 8, 9], [11, 12]], np.array([21, 22])
+
+    def alone(seq, steps):
+        dec = onnx.decoder()
+        out = dec.prefill([seq], onnx.end_id, len(steps))
+        for t in steps:
+            out = dec.step(np.array([t]))
+        return out[0]
+
+    dec = onnx.decoder()
+    first = dec.prefill(rows, onnx.end_id, 3)
+    for i, r in enumerate(rows):
+        np.testing.assert_allclose(first[i], alone(r, []), atol=1e-5)
+    dec.step(nxt)
+    dec.select(np.array([1, 1, 0]))  # row 1 twice (n draws), then row 0
+    last = dec.step(np.array([31, 32, 33]))
+    np.testing.assert_allclose(last[0], alone(rows[1], [22, 31]), atol=1e-5)
+    np.testing.assert_allclose(last[1], alone(rows[1], [22, 32]), atol=1e-5)
+    np.testing.assert_allclose(last[2], alone(rows[0], [21, 33]), atol=1e-5)
+    assert dec.lengths.tolist() == [4, 4, 7]
+    dec.step(np.array([1, 2, 3]))  # the third and last step of the budget
+    with pytest.raises(ModelError, match="KV cache holds 8 positions, a row needs 9"):
+        dec.step(np.array([1, 2, 3]))
+
+
 def _check_outputs(outs, n, tokenizer, allowed):
     words = set(tokenizer.decode(allowed).replace(",", " ,").split())
     for group in outs:
@@ -300,7 +329,8 @@ def test_auto_prefers_onnx_then_ctranslate2_then_torch(tiny_model_copy, torch_st
     meta["version"] = "20990101T000000Z-retrained"  # both exports now stale
     (tiny_model_copy / "udrl.json").write_text(json.dumps(meta))
     assert load_engine(tiny_model_copy) == torch_stub
-    with pytest.raises(ConfigError, match="unknown quantization 'int3'; allowed: int8, int4, float32"):
+    with pytest.raises(ConfigError,
+                       match="unknown quantization 'int3'; allowed: int8, int4, float32"):
         export_onnx(tiny_model_copy, quantization="int3")
 
 
