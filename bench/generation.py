@@ -293,16 +293,18 @@ def _rewriter_vocab(tokenizer) -> list[int]:
 
 def _build_vocab_variant(model_dir: Path, out_dir: Path, quantization: str = "int8",
                          ) -> dict[str, Any]:
-    """``model_dir``'s weights with a rewriter's output vocabulary, exported to ONNX."""
-    import shutil
+    """``model_dir``'s weights with a rewriter's output vocabulary, exported to ONNX.
 
+    The model files are linked, not copied (the export only reads them); ``output_vocab.json``
+    is the variant's own file.
+    """
     from rewriters.onnx_engine import export_onnx
     from rewriters.tokenizer import load_tokenizer
 
     out_dir.mkdir(parents=True)
     for f in model_dir.iterdir():
-        if f.is_file():
-            shutil.copy2(f, out_dir / f.name)
+        if f.is_file() and f.name != "output_vocab.json":
+            (out_dir / f.name).symlink_to(f.resolve())
     vocab = _rewriter_vocab(load_tokenizer())
     (out_dir / "output_vocab.json").write_text(json.dumps(vocab))
     t0 = time.perf_counter()

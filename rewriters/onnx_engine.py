@@ -138,9 +138,9 @@ def _write_model(model_dir: Path, columns: np.ndarray, n_rows: int, tmp: Path,
         # DefaultTensorType: shape inference cannot type the contrib ops' outputs
         quantize_dynamic(fp32, tmp / MODEL_FILE, weight_type=QuantType.QInt8,
                          extra_options={"DefaultTensorType": 1})  # TensorProto.FLOAT
-        fp32.unlink()
     elif quantization == "int4":
         _quantize_int4(fp32, tmp / MODEL_FILE)
+    if quantization != "float32":
         fp32.unlink()
     return diff
 

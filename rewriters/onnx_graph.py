@@ -146,7 +146,7 @@ class KVDecoder:
         past = [i for i in session.get_inputs() if i.name.startswith("past_")]
         self._past = [i.name for i in past]
         _, self.heads, _, self.head_dim = past[0].shape  # (batch, H, M, D)
-        self.columns = int(session.get_outputs()[0].shape[-1])
+        self.n_columns = int(session.get_outputs()[0].shape[-1])  # logits per row
         self.cache: list[np.ndarray] = []
         self.lengths = np.zeros(0, np.int64)  # tokens each row holds in the cache
 
@@ -201,7 +201,7 @@ class KVDecoder:
         io.bind_cpu_input("seqlens_k", np.asarray(seqlens, np.int32))
         io.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
         io.bind_cpu_input("last_index", np.asarray(last, np.int64))
-        logits = np.empty((len(ids), self.columns), np.float32)
+        logits = np.empty((len(ids), self.n_columns), np.float32)
         io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
         self.session.run_with_iobinding(io)
         return logits

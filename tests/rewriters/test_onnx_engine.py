@@ -83,6 +83,23 @@ def test_float32_greedy_equals_pytorch_in_padded_batches(f32_dir, vocab_engines,
         assert _same(onnx.rewrite_batch([item], decoding="greedy"), [row])
 
 
+@pytest.mark.parametrize("activation, tied", [("gelu", True), ("gelu_new", False)])
+def test_graph_matches_torch_for_erf_gelu_and_an_untied_output_layer(tmp_path, activation,
+                                                                      tied):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from rewriters.onnx_graph import check_graph, write_graph
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(
+        vocab_size=300, n_positions=64, n_embd=32, n_layer=2, n_head=2, bos_token_id=0,
+        eos_token_id=0, activation_function=activation, tie_word_embeddings=tied)).eval()
+    columns = np.arange(0, 300, 3)
+    write_graph(model, columns, tmp_path / "g.onnx")
+    assert check_graph(model, columns, tmp_path / "g.onnx") < 1e-5  # raises beyond 1e-3
+
+
 def test_kv_decoder_rows_continue_as_if_alone(f32_dir):
     """Right padding, rows of other lengths, and ``select`` (dropping and repeating rows) give
     each row the logits it gets decoded alone."""
