@@ -1,46 +1,39 @@
-"""The Elasticsearch template index: versioned indices behind one alias, swapped atomically.
+"""Searching the Elasticsearch template index: ``open_es_index`` and ``EsTemplateIndex``.
 
-A build never touches what is being searched::
+Every search goes through the alias, so an open index follows a rebuild's alias swap with no
+downtime; ``version`` and the build's ``_meta`` (boosts, encoder, fusion weights) are those of
+the index the alias pointed at when it was opened. The modules behind it::
 
-    1. create   <alias>-v<UTC timestamp, ms>   explicit mapping, provenance in _meta
-    2. load     helpers.streaming_bulk; per-document failures are collected, 429s retried
-    3. refresh  and check the document count
-    4. swap     ONE update_aliases call: remove alias from old index(es) + add it to the new
-    5. (keep_old=False) delete the old index(es)
-
-If 2-4 fail the new index is deleted and the alias stays where it was. Searches always go
-through the alias, so an open ``EsTemplateIndex`` follows a swap with no downtime.
-
-The mapping, the search request and ``EsSettings`` live in ``es_schema``.
+    es_schema   EsSettings, the mapping, the BM25 (+ hybrid kNN) search body
+    es_build    build_es_index: new versioned index, bulk load, atomic alias swap
+    es_dense    the dense channel (nested row vectors, kNN; Elasticsearch >= 8.11) and the
+                logged queries read back
 """
 
 from __future__ import annotations
 
-import logging
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict
+from collections.abc import Sequence
 from typing import Any
 
-from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError, helpers
+import numpy as np
+from elasticsearch import ApiError, Elasticsearch, TransportError
 
-from .catalog_templates import TemplateRecord, records_checksum
-from .errors import DataError, EncoderMismatchError, IndexStoreError
+from .errors import EncoderMismatchError, IndexStoreError
+from .es_build import _alias_targets, build_es_index
+from .es_dense import dense_body, dense_hits, read_logged_queries
 from .es_schema import (
+    READABLE_SCHEMAS,
     SCHEMA_VERSION,
+    SOURCE_EXCLUDES,
     EsSettings,
     _describe,
-    _embed_text,
     _encode,
     _hits,
-    _source,
     connect,
     search_body,
     template_mapping,
 )
 from .templates import (
-    BuildFailure,
-    BuildReport,
     TemplateHit,
     TemplateIndex,
     TemplateIndexConfig,
@@ -58,187 +51,6 @@ __all__ = [
     "search_body",
     "template_mapping",
 ]
-
-log = logging.getLogger(__name__)
-
-_ENCODE_BATCH = 256  # texts per encoder call while loading
-
-
-def _actions(
-    records: Sequence[TemplateRecord], index: str, encoder: TextEncoder | None, dim: int | None
-) -> Iterator[dict[str, Any]]:
-    for start in range(0, len(records), _ENCODE_BATCH):
-        chunk = records[start : start + _ENCODE_BATCH]
-        vecs = _encode(encoder, [_embed_text(r) for r in chunk], dim) if encoder else None  # (B, D)
-        for i, rec in enumerate(chunk):
-            src = _source(rec, None if vecs is None else vecs[i])
-            yield {"_op_type": "index", "_index": index, "_id": rec.id, "_source": src}
-
-
-def _alias_targets(es: Elasticsearch, alias: str) -> list[str]:
-    """Concrete indices behind ``alias`` ([] when it does not exist yet)."""
-    try:
-        return sorted(es.indices.get_alias(name=alias).body)
-    except NotFoundError:
-        return []
-
-
-def _new_index_name(es: Elasticsearch, alias: str) -> str:
-    ms = time.time_ns() // 1_000_000
-    while True:
-        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(ms / 1000)) + f"{ms % 1000:03d}"
-        name = f"{alias}-v{stamp}"
-        if not es.indices.exists(index=name):
-            return name
-        ms += 1
-
-
-def _failure(item: dict[str, Any]) -> BuildFailure:
-    info = next(iter(item.values()))
-    err = info.get("error")
-    if isinstance(err, dict):
-        reason = f"{err.get('type', 'error')}: {err.get('reason', '')}".rstrip(": ")
-    else:
-        reason = str(err)
-    return BuildFailure(id=str(info.get("_id")), reason=reason, status=info.get("status"))
-
-
-def build_es_index(
-    records: Sequence[TemplateRecord],
-    settings: EsSettings,
-    config: TemplateIndexConfig | None = None,
-    encoder: TextEncoder | None = None,
-    client: Elasticsearch | None = None,
-) -> BuildReport:
-    """Load ``records`` into a new versioned index and swap ``settings.alias`` onto it.
-
-    Args:
-        records: validated templates with unique ids.
-        settings: cluster and alias; ``keep_old`` decides whether the old index survives.
-        config: boosts saved in the index ``_meta`` (defaults: TemplateIndexConfig()).
-        encoder: adds an ``embedding`` dense_vector per template for hybrid search.
-        client: an existing client (tests, shared pools); default: ``connect(settings)``.
-
-    Returns:
-        BuildReport; documents Elasticsearch refused are in ``failures`` (id, reason, status).
-
-    Raises:
-        IndexStoreError: the load, refresh or swap failed, or too many documents failed; the
-            new index was deleted and the alias still points where it did.
-    """
-    config = config or TemplateIndexConfig()
-    if len({r.id for r in records}) != len(records):
-        raise DataError("records contain duplicate ids; load them with read_templates")
-    _describe(encoder)
-    es = client or connect(settings)
-    try:
-        return _build(es, records, settings, config, encoder)
-    finally:
-        if client is None:
-            es.close()
-
-
-def _build(
-    es: Elasticsearch,
-    records: Sequence[TemplateRecord],
-    settings: EsSettings,
-    config: TemplateIndexConfig,
-    encoder: TextEncoder | None,
-) -> BuildReport:
-    name, dim = _describe(encoder)
-    start = time.perf_counter()
-    alias = settings.alias
-    try:
-        if es.indices.exists(index=alias) and not es.indices.exists_alias(name=alias):
-            raise IndexStoreError(
-                f"{alias!r} is a concrete index, not an alias; delete or rename it, or pick "
-                "another EsSettings.alias"
-            )
-        old = _alias_targets(es, alias)
-        new = _new_index_name(es, alias)
-        checksum = records_checksum(records)
-        meta = {
-            "schema_version": SCHEMA_VERSION,
-            "encoder": name,
-            "dims": dim,
-            "checksum": checksum,
-            "doc_count": len(records),
-            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "config": asdict(config),
-        }
-        es.indices.create(index=new, **template_mapping(meta, dim))
-    except (ApiError, TransportError) as e:
-        raise IndexStoreError(f"cannot prepare a new index for alias {alias!r}: {e}") from e
-    try:
-        failures = _load(es, records, new, encoder, dim, settings)
-        n = len(records)
-        if n and len(failures) / n > settings.max_failed_fraction:
-            shown = "; ".join(f"{f.id}: {f.reason}" for f in failures[:5])
-            raise IndexStoreError(
-                f"{len(failures)} of {n} documents failed (limit {settings.max_failed_fraction:.0%}"
-                f" = EsSettings.max_failed_fraction), e.g. {shown}"
-            )
-        es.indices.refresh(index=new)
-        count = int(es.count(index=new)["count"])
-        if count != n - len(failures):
-            raise IndexStoreError(
-                f"{new} holds {count} documents after refresh, expected {n - len(failures)}"
-            )
-        actions: list[dict[str, Any]] = [{"remove": {"index": o, "alias": alias}} for o in old]
-        actions.append({"add": {"index": new, "alias": alias}})
-        es.indices.update_aliases(actions=actions)  # atomic: both or neither
-    except BaseException as e:
-        _delete_quietly(es, new)
-        if isinstance(e, (ApiError, TransportError)):
-            raise IndexStoreError(f"loading {new} failed, alias {alias!r} unchanged: {e}") from e
-        raise
-    if not settings.keep_old:
-        for o in old:
-            _delete_quietly(es, o)
-    log.info("alias %s -> %s (%d docs, %d failed; was %s)", alias, new, count, len(failures), old)
-    return BuildReport(
-        backend="elasticsearch",
-        version=new,
-        doc_count=count,
-        checksum=checksum,
-        seconds=time.perf_counter() - start,
-        previous_version=old[-1] if old else None,
-        failures=failures,
-    )
-
-
-def _load(
-    es: Elasticsearch,
-    records: Sequence[TemplateRecord],
-    index: str,
-    encoder: TextEncoder | None,
-    dim: int | None,
-    settings: EsSettings,
-) -> list[BuildFailure]:
-    # 429 is left to streaming_bulk, which backs off and re-sends only the rejected items
-    # (the transport would resend the whole chunk at once without waiting).
-    bulk_client = es.options(retry_on_status=(502, 503, 504))
-    failures = []
-    for ok, item in helpers.streaming_bulk(
-        bulk_client,
-        _actions(records, index, encoder, dim),
-        chunk_size=settings.bulk_chunk_size,
-        raise_on_error=False,
-        max_retries=settings.bulk_max_retries,
-        initial_backoff=settings.retry_backoff_s,
-        max_backoff=settings.max_backoff_s,
-        yield_ok=False,
-    ):
-        if not ok:
-            failures.append(_failure(item))
-    return failures
-
-
-def _delete_quietly(es: Elasticsearch, index: str) -> None:
-    try:
-        es.options(ignore_status=404).indices.delete(index=index)
-    except (ApiError, TransportError) as e:  # the original error matters more
-        log.error("could not delete index %s: %s; delete it by hand", index, e)
 
 
 class EsTemplateIndex(TemplateIndex):
@@ -259,6 +71,7 @@ class EsTemplateIndex(TemplateIndex):
         self.meta = meta
         self.config = config
         self.encoder = encoder if meta.get("encoder") else None
+        self.hybrid = True  # search adds the kNN clause (open_es_index(hybrid=False): BM25 only)
         self._version = version
         self._owns_client = owns_client
 
@@ -278,7 +91,7 @@ class EsTemplateIndex(TemplateIndex):
             check_query(q, k)
         category, tags = normalize_filters(filters)
         vecs = None
-        if self.encoder is not None and queries:
+        if self.encoder is not None and self.hybrid and queries:
             vecs = _encode(self.encoder, list(queries), int(self.meta["dims"]))  # (Q, D)
         return [
             search_body(
@@ -305,7 +118,10 @@ class EsTemplateIndex(TemplateIndex):
         self, queries: Sequence[str], k: int = 10, filters: dict | None = None
     ) -> list[list[TemplateHit]]:
         """One ``_msearch`` round trip (and one encoder call) for all queries."""
-        bodies = self._bodies(list(queries), k, filters)
+        return [_hits(r) for r in self._msearch(self._bodies(list(queries), k, filters), queries)]
+
+    def _msearch(self, bodies: list[dict[str, Any]], queries: Sequence[str]) -> list[dict]:
+        """The responses to ``bodies`` in one ``_msearch`` round trip ([] for no bodies)."""
         if not bodies:
             return []
         searches: list[dict[str, Any]] = []
@@ -315,12 +131,120 @@ class EsTemplateIndex(TemplateIndex):
             resp = self._client().msearch(index=self.settings.alias, searches=searches)
         except (ApiError, TransportError) as e:
             raise IndexStoreError(f"msearch on {self.settings.alias!r} failed: {e}") from e
-        out = []
         for i, r in enumerate(resp["responses"]):
             if "error" in r:
                 raise IndexStoreError(f"query {i} ({queries[i]!r}) failed: {r['error']}")
-            out.append(_hits(r))
-        return out
+        return list(resp["responses"])
+
+    # -- the dense channel and what the build recorded ------------------------------------------
+
+    @property
+    def has_dense(self) -> bool:
+        """True when the index was built with an encoder (schema v2: nested row vectors)."""
+        return bool(self.meta.get("dense"))
+
+    @property
+    def fusion_params(self) -> dict[str, Any] | None:
+        return self.meta.get("fusion")
+
+    def fetch(self, ids: Sequence[str]) -> dict[str, TemplateHit]:
+        """The templates with these ids, one request (a ``terms`` query on ``id``)."""
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return {}
+        body = {"size": len(ids), "query": {"terms": {"id": ids}},
+                "_source": {"excludes": list(SOURCE_EXCLUDES)}}
+        try:
+            resp = self._client().search(index=self.settings.alias, body=body)
+        except (ApiError, TransportError) as e:
+            raise IndexStoreError(f"fetching ids from {self.settings.alias!r} failed: {e}") from e
+        return {h.id: h for h in _hits(resp.body)}
+
+    def documents(self, page: int = 1000) -> list[TemplateHit]:
+        """Every template, ``page`` per request, in id order."""
+        out: list[TemplateHit] = []
+        body: dict[str, Any] = {"size": page, "query": {"match_all": {}}, "sort": [{"id": "asc"}],
+                                "_source": {"excludes": list(SOURCE_EXCLUDES)}}
+        try:
+            while True:
+                resp = self._client().search(index=self.settings.alias, body=body).body
+                hits = resp["hits"]["hits"]
+                out += _hits(resp)
+                if len(hits) < page:
+                    return out
+                body["search_after"] = hits[-1]["sort"]
+        except (ApiError, TransportError) as e:
+            raise IndexStoreError(f"listing {self.settings.alias!r} failed: {e}") from e
+
+    def logged_queries(self) -> set[str]:
+        """The normalised logged queries of the index behind the alias (read from its
+        ``queries`` fields, one request per 1000 templates that have any)."""
+        try:
+            return read_logged_queries(self._client(), self.settings.alias)
+        except (ApiError, TransportError) as e:
+            raise IndexStoreError(
+                f"reading the logged queries of {self.settings.alias!r} failed: {e}"
+            ) from e
+
+    def search_dense_batch(
+        self,
+        queries: Sequence[str],
+        k: int = 10,
+        filters: dict | None = None,
+        vectors: Any = None,
+    ) -> list[list[TemplateHit]]:
+        """Top-k templates per query by their best row's cosine (kNN only, one ``_msearch``).
+
+        Args:
+            vectors: (Q, dims) query embeddings from the build's encoder; None encodes here.
+
+        Returns:
+            Per query, TemplateHits like ``search``'s, scored by cosine.
+
+        Raises:
+            IndexStoreError: the index has no dense channel or no encoder to embed with.
+            EncoderMismatchError: ``vectors`` is not (len(queries), dims).
+        """
+        for q in queries:
+            check_query(q, k)
+        category, tags = normalize_filters(filters)
+        if not self.has_dense:
+            raise IndexStoreError(
+                f"index {self.version!r} has no dense channel (built without an encoder, or "
+                "before schema v2); rebuild it with an encoder"
+            )
+        dim = int(self.meta["dims"])
+        if vectors is None:
+            vecs = _encode(self._dense_encoder(), list(queries), dim) if queries else None
+        else:
+            vecs = np.asarray(vectors, dtype=np.float32)
+        if vecs is not None and vecs.shape != (len(queries), dim):
+            raise EncoderMismatchError(
+                f"vectors have shape {vecs.shape}, expected ({len(queries)}, {dim}); encode "
+                f"the queries with {self.meta.get('encoder')!r}"
+            )
+        n = self.settings.num_candidates
+        bodies = [dense_body(vecs[i], k, category, tags, n) for i in range(len(queries))]
+        return [dense_hits(r) for r in self._msearch(bodies, queries)]
+
+    def _dense_encoder(self) -> TextEncoder:
+        if self.encoder is not None:
+            return self.encoder
+        built = str(self.meta.get("encoder"))
+        if not built.startswith("minilm:"):
+            raise IndexStoreError(
+                f"open {self.version!r} with its encoder {built!r} (or pass vectors) to search "
+                "the dense channel"
+            )
+        from .dense import load_text_encoder  # sentence-transformers: load only when used
+
+        encoder = load_text_encoder()
+        if (encoder.name, encoder.dim) != (built, self.meta.get("dims")):
+            raise EncoderMismatchError(
+                f"{self.version!r} was built with {built!r}, the shipped encoder is "
+                f"{encoder.name!r}; open it with its encoder"
+            )
+        return encoder
 
     def count(self) -> int:
         try:
@@ -339,12 +263,15 @@ def open_es_index(
     encoder: TextEncoder | None = None,
     client: Elasticsearch | None = None,
     config: TemplateIndexConfig | None = None,
+    hybrid: bool = True,
 ) -> EsTemplateIndex:
     """Open the index behind ``settings.alias``, checking it was built by ``encoder``.
 
     Args:
         encoder: must match the name and dims stored at build time; None searches BM25 only.
         config: override the saved boosts (query-time only); None uses the build's config.
+        hybrid: ``search`` adds the kNN clause to BM25 (with an encoder); False keeps
+            ``search`` BM25-only, for callers that fuse ``search_dense_batch`` themselves.
 
     Raises:
         IndexStoreError: the alias does not exist or the cluster cannot be reached.
@@ -352,7 +279,9 @@ def open_es_index(
     """
     es = client or connect(settings)
     try:
-        return _open(es, settings, encoder, config, owns_client=client is None)
+        index = _open(es, settings, encoder, config, owns_client=client is None)
+        index.hybrid = hybrid
+        return index
     except BaseException:
         if client is None:
             es.close()
@@ -380,7 +309,7 @@ def _open(
         )
     except (ApiError, TransportError) as e:
         raise IndexStoreError(f"cannot open alias {alias!r} on {settings.hosts}: {e}") from e
-    if not meta or meta.get("schema_version") != SCHEMA_VERSION:
+    if not meta or meta.get("schema_version") not in READABLE_SCHEMAS:
         raise IndexStoreError(
             f"index {version!r} has no udrl template metadata "
             f"(schema v{SCHEMA_VERSION}); rebuild it"

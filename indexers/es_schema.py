@@ -7,8 +7,18 @@ Pure pieces shared by the build and the search side of ``es_index``:
     template_mapping  index settings + strict mapping, provenance under ``_meta.udrl``
     search_body       the ``_search`` body for one query
 
-Search is ``multi_match`` (best_fields) over title^3, tags^2, category^1.5, description^1
-(boosts from ``TemplateIndexConfig``) with the filters in a bool ``filter``; with a
+Fields (one document per template; ``dynamic: strict``, so a field must be declared here)::
+
+    id                 keyword
+    title, description text (english)            | BM25, boosts from TemplateIndexConfig
+    tags, category     text (english) + .keyword  | .keyword: exact, lowercased filters
+    queries            text (english)            / logged queries that clicked the template
+    thumbnail          keyword, not indexed
+    embedding          dense_vector (with an encoder): the template's own text
+    rows.vector        nested dense_vector (with an encoder): the dense channel, see es_dense
+
+Search is ``multi_match`` (best_fields) over title^3, tags^2, category^1.5, description^1,
+queries^2 (boosts from ``TemplateIndexConfig``) with the filters in a bool ``filter``; with a
 ``TextEncoder`` it is hybrid: the same request adds a top-level ``knn`` clause on ``embedding``
 and Elasticsearch sums the two scores.
 
@@ -30,9 +40,21 @@ from .catalog_templates import TemplateRecord
 from .errors import ConfigError, EncoderMismatchError
 from .templates import TemplateHit, TemplateIndexConfig, TextEncoder
 
-__all__ = ["SCHEMA_VERSION", "EsSettings", "connect", "search_body", "template_mapping"]
+__all__ = [
+    "READABLE_SCHEMAS",
+    "SCHEMA_VERSION",
+    "EsSettings",
+    "connect",
+    "search_body",
+    "template_mapping",
+]
 
-SCHEMA_VERSION = 1  # of the mapping and of _meta.udrl; open refuses other versions
+# Of the mapping and of _meta.udrl. 2 added ``queries`` and the nested ``rows`` vectors; a v1
+# index still opens (BM25 and hybrid search; no logged queries, no dense channel).
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+# Never sent back with hits: vectors are big, and TemplateHit has no place for the queries.
+SOURCE_EXCLUDES = ("embedding", "rows", "queries")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,200}$")
 
 
@@ -103,7 +125,8 @@ def connect(settings: EsSettings) -> Elasticsearch:
 
 
 def template_mapping(meta: dict[str, Any], dims: int | None) -> dict[str, Any]:
-    """Index settings + mappings for templates; ``dims`` adds the ``embedding`` vector field."""
+    """Index settings + mappings for templates; ``dims`` adds the vector fields (``embedding``
+    and the nested ``rows.vector``, which needs Elasticsearch >= 8.11)."""
     text = {"type": "text", "analyzer": "english"}
     exact = {"keyword": {"type": "keyword", "normalizer": "udrl_lowercase"}}
     props: dict[str, Any] = {
@@ -112,15 +135,15 @@ def template_mapping(meta: dict[str, Any], dims: int | None) -> dict[str, Any]:
         "description": dict(text),
         "tags": {**text, "fields": exact},  # tags.keyword: exact, case-insensitive filter
         "category": {**text, "fields": exact},
+        "queries": dict(text),  # one value per logged query
         "thumbnail": {"type": "keyword", "index": False},
     }
     if dims is not None:
-        props["embedding"] = {
-            "type": "dense_vector",
-            "dims": dims,
-            "index": True,
-            "similarity": "cosine",
-        }
+        vector = {"type": "dense_vector", "dims": dims, "index": True, "similarity": "cosine"}
+        props["embedding"] = dict(vector)
+        # one nested document per row (own text, each logged query); kNN scores a template by
+        # its best row
+        props["rows"] = {"type": "nested", "properties": {"vector": dict(vector)}}
     return {
         "settings": {
             "analysis": {
@@ -142,11 +165,7 @@ def search_body(
 ) -> dict[str, Any]:
     """The _search request body (pure; filters already normalized by ``normalize_filters``)."""
     fields = [f"{name}^{boost:g}" for name, boost in config.field_boosts().items()]
-    filters: list[dict[str, Any]] = []
-    if category is not None:
-        filters.append({"term": {"category.keyword": category}})
-    # One term clause per tag: every listed tag must be present (a single `terms` would be OR).
-    filters.extend({"term": {"tags.keyword": t}} for t in tags)
+    filters = filter_clauses(category, tags)
     body: dict[str, Any] = {
         "size": k,
         "query": {
@@ -157,7 +176,7 @@ def search_body(
                 "filter": filters,
             }
         },
-        "_source": {"excludes": ["embedding"]},
+        "_source": {"excludes": list(SOURCE_EXCLUDES)},
     }
     if query_vector is not None:
         knn: dict[str, Any] = {
@@ -170,6 +189,16 @@ def search_body(
             knn["filter"] = filters  # the top-level query's filter does not apply to knn
         body["knn"] = knn
     return body
+
+
+def filter_clauses(category: str | None, tags: Sequence[str]) -> list[dict[str, Any]]:
+    """The exact filters as ``term`` clauses (values already normalized)."""
+    filters: list[dict[str, Any]] = []
+    if category is not None:
+        filters.append({"term": {"category.keyword": category}})
+    # One term clause per tag: every listed tag must be present (a single `terms` would be OR).
+    filters.extend({"term": {"tags.keyword": t}} for t in tags)
+    return filters
 
 
 def _describe(encoder: TextEncoder | None) -> tuple[str | None, int | None]:
@@ -195,19 +224,35 @@ def _encode(encoder: TextEncoder, texts: list[str], dim: int) -> np.ndarray:
 
 
 def _embed_text(rec: TemplateRecord) -> str:
-    """The text a template's ``embedding`` is computed from."""
-    return ". ".join(
-        p for p in (rec.title, rec.category, ", ".join(rec.tags), rec.description) if p
-    )
+    """The text a template's own vector is computed from: title, category, tags, start of the
+    description. Kept equal to ``tantivy_index.dense_text`` (a test checks) so that both
+    backends embed a template alike; not imported from there, which would load tantivy."""
+    parts = [rec.title, rec.category, ", ".join(rec.tags), " ".join(rec.description.split()[:30])]
+    return ". ".join(p for p in parts if p)
 
 
-def _source(rec: TemplateRecord, vector: np.ndarray | None) -> dict[str, Any]:
-    """The indexed document of one template (``embedding`` only when a vector is given)."""
+def _source(
+    rec: TemplateRecord,
+    vector: np.ndarray | None,
+    queries: Sequence[str] = (),
+    query_vectors: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """The indexed document of one template.
+
+    Args:
+        vector: (D,) its own text's embedding: ``embedding`` and the first ``rows`` entry.
+        queries: the logged queries that clicked it (``queries``; omitted when none).
+        query_vectors: (len(queries), D) their embeddings, one ``rows`` entry each.
+    """
     src = rec.model_dump(mode="json")
     if src["thumbnail"] is None:
         del src["thumbnail"]
+    if queries:
+        src["queries"] = list(queries)
     if vector is not None:
         src["embedding"] = vector.tolist()
+        rows = [vector] + ([] if query_vectors is None else list(query_vectors))
+        src["rows"] = [{"vector": v.tolist()} for v in rows]
     return src
 
 

@@ -18,7 +18,7 @@ import os
 import sys
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .catalog_templates import read_templates
 from .errors import ConfigError, DataError, IndexStoreError
 from .images import ImageIndex, ImageIndexConfig
+from .query_log import QueryLog, read_query_log, unknown_clicks, write_log_rejects
 from .store import IndexStore
 from .templates import BACKENDS, TextEncoder, build_template_index
 
@@ -269,6 +270,11 @@ class TemplateReindexConfig:
     keep_versions: int = 3
     # elasticsearch: keep the previous index after the swap (for rollback).
     keep_old: bool = True
+    # Query log (``query`` or ``query<TAB>clicked_id`` lines, see indexers.query_log): each
+    # template is expanded with the logged queries that clicked it. None: no expansion.
+    log_path: str | os.PathLike[str] | None = None
+    # Logged queries kept per template (the most clicked first), 1..1000.
+    log_max_per_item: int = 50
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -285,6 +291,8 @@ class TemplateReindexConfig:
             )
         if self.keep_versions < 1:
             raise ConfigError(f"keep_versions={self.keep_versions} is out of range; use >= 1")
+        if not 1 <= self.log_max_per_item <= 1000:
+            raise ConfigError(f"log_max_per_item={self.log_max_per_item} is out of range 1-1000")
 
     def rejects_file(self) -> Path | None:
         """Where the rejects go (see ``rejects_path``)."""
@@ -305,15 +313,40 @@ class TemplateReindexConfig:
         }
 
 
+def _read_log(cfg: TemplateReindexConfig,
+              ids: set[str]) -> tuple[QueryLog | None, dict[str, Any] | None]:
+    """The job's query log and what it says about the catalogue (None without a log)."""
+    if cfg.log_path is None:
+        return None, None
+    qlog, rejects = read_query_log(cfg.log_path)
+    report: dict[str, Any] = {"file": _path(cfg.log_path), "checksum": qlog.checksum(),
+                              **qlog.summary(), "rejected_lines": len(rejects),
+                              "clicks_on_unknown_ids": unknown_clicks(qlog, ids)}
+    if rejects:
+        base = cfg.rejects_file()
+        where = (base.parent if base else Path(cfg.log_path).parent) / "log_rejects.jsonl"
+        report["rejects_file"] = str(write_log_rejects(where, rejects))
+        log.warning("%d query-log lines rejected; see %s", len(rejects), where)
+    if report["clicks_on_unknown_ids"]:
+        log.warning("%d logged clicks name ids the catalogue does not hold; they are ignored",
+                    report["clicks_on_unknown_ids"])
+    return qlog, report
+
+
 def reindex_templates(
-    cfg: TemplateReindexConfig, encoder: TextEncoder | None = None, progress: bool = True
+    cfg: TemplateReindexConfig, encoder: TextEncoder | None = None, progress: bool = True,
+    fit: Callable[[Sequence[Any], QueryLog | None], dict[str, Any] | None] | None = None,
 ) -> dict[str, Any]:
-    """Read the catalogue, build a new template index version and publish it atomically.
+    """Read the catalogue (and the query log), build a new template index version and
+    publish it atomically.
 
     Args:
         cfg: the job; see ``TemplateReindexConfig``.
-        encoder: elasticsearch only: a ``TextEncoder`` for hybrid (BM25 + kNN) search.
+        encoder: a ``TextEncoder`` for the dense channel (tantivy: FAISS in the version
+            directory; elasticsearch: a kNN field).
         progress: print a summary line (the template builders have no per-document bar).
+        fit: called with the records and the log before the build; what it returns is stored
+            with the version as its fusion weights (``TemplateIndex.fusion_params``).
 
     Returns:
         JSON-able report: ``backend``, ``source``, ``version``, ``previous_version``,
@@ -322,16 +355,10 @@ def reindex_templates(
         ``ok``, ``checksum``, ``seconds``.
 
     Raises:
-        ConfigError: an encoder with the tantivy backend.
         DataError: the catalogue cannot be read or holds no valid template (nothing is
             published then; the live version keeps serving).
         IndexStoreError: the build or swap failed; the live version keeps serving.
     """
-    if encoder is not None and cfg.backend != "elasticsearch":
-        raise ConfigError(
-            f"backend {cfg.backend!r} has no vector search; pass encoder=None or use "
-            "backend='elasticsearch'"
-        )
     t0 = time.perf_counter()
     rejects_file = cfg.rejects_file()
     catalog = read_templates(cfg.source, rejects_file)
@@ -341,9 +368,20 @@ def reindex_templates(
             f"{cfg.source} holds no valid template ({len(catalog.rejects)} rejected{where}); "
             "nothing was published and the live version is unchanged"
         )
+    qlog, log_report = _read_log(cfg, {r.id for r in catalog.records})
     opts = cfg.build_options()
     if encoder is not None:
         opts["encoder"] = encoder
+    extra: dict[str, Any] = {"log": log_report} if log_report else {}
+    if fit is not None:
+        fitted = fit(catalog.records, qlog)
+        if fitted:
+            extra["fusion"] = fitted
+    if qlog is not None:
+        opts["expansions"] = qlog.expansions({r.id for r in catalog.records},
+                                             cfg.log_max_per_item)
+    if extra:
+        opts["extra_meta"] = extra
     rep = build_template_index(cfg.backend, catalog.records, **opts)
     out = {
         "job": "reindex_templates",
@@ -361,6 +399,9 @@ def reindex_templates(
         ],
         "ok": rep.ok,
         "checksum": rep.checksum,
+        "dense": encoder is not None,
+        "log": log_report,
+        "fusion": extra.get("fusion"),
         "seconds": round(time.perf_counter() - t0, 3),
     }
     _note(

@@ -12,9 +12,14 @@ Schema (one document per template)::
     description   en_stem, stored     | BM25 with per-field boosts (TemplateIndexConfig)
     tags          en_stem, stored     |   one value per tag
     category      en_stem, stored    /
+    queries       en_stem, stored    logged queries that clicked the template (``--log``)
     category_raw  raw, casefolded    exact ``category`` filter
     tag_raw       raw, casefolded    exact ``tags`` filter, one value per tag
     thumbnail     stored only
+
+With a ``TextEncoder`` the version also holds the dense channel (``indexers.dense``): one
+embedding of each template's text and one of each logged query that clicked it, searched by
+``search_dense``. Schema version 1 indexes (no ``queries`` field, no dense channel) still open.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 import tantivy
 
 from .catalog_templates import TemplateRecord, records_checksum
+from .dense import DenseIndex, load_text_encoder
 from .errors import ConfigError, DataError, IndexStoreError
 from .store import IndexStore
 from .templates import (
@@ -40,6 +46,7 @@ from .templates import (
     TemplateHit,
     TemplateIndex,
     TemplateIndexConfig,
+    TextEncoder,
     check_query,
     normalize_filters,
 )
@@ -55,8 +62,10 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 META_FILE = "index_meta.json"
-SCHEMA_VERSION = 1
-TEXT_FIELDS = ("title", "description", "tags", "category")
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
+TEXT_FIELDS = ("title", "description", "tags", "category", "queries")
+LOG_QUERIES_FILE = "log_queries.json"  # the normalised logged queries the build expanded with
 _WRITER_HEAP = 64_000_000  # bytes; one writer thread (the machines are small and shared)
 _WORD = re.compile(r"[^\W_]+")  # letters/digits runs: what en_stem would split out anyway
 
@@ -80,7 +89,13 @@ def query_terms(query: str) -> list[str]:
     return _WORD.findall(query.casefold())
 
 
-def _document(rec: TemplateRecord) -> tantivy.Document:
+def dense_text(rec: TemplateRecord) -> str:
+    """The text an item's own dense row embeds: title, category, tags, start of description."""
+    parts = [rec.title, rec.category, ", ".join(rec.tags), " ".join(rec.description.split()[:30])]
+    return ". ".join(p for p in parts if p)
+
+
+def _document(rec: TemplateRecord, queries: Sequence[str] = ()) -> tantivy.Document:
     doc = tantivy.Document()
     doc.add_text("id", rec.id)
     doc.add_text("title", rec.title)
@@ -91,6 +106,8 @@ def _document(rec: TemplateRecord) -> tantivy.Document:
     for tag in rec.tags:
         doc.add_text("tags", tag)
         doc.add_text("tag_raw", tag.casefold())
+    for q in queries:
+        doc.add_text("queries", q)
     if rec.thumbnail:
         doc.add_text("thumbnail", rec.thumbnail)
     return doc
@@ -101,6 +118,9 @@ def build_tantivy_index(
     root: str | os.PathLike[str],
     config: TemplateIndexConfig | None = None,
     keep_versions: int | None = 3,
+    expansions: dict[str, list[str]] | None = None,
+    encoder: TextEncoder | None = None,
+    extra_meta: dict[str, Any] | None = None,
 ) -> BuildReport:
     """Build a new index version under ``root`` and publish it atomically.
 
@@ -110,6 +130,11 @@ def build_tantivy_index(
         config: field boosts to save with the build (defaults: TemplateIndexConfig()).
         keep_versions: after publishing, delete older versions beyond this many (the live
             one is always kept); None keeps everything.
+        expansions: template id -> logged queries that clicked it (``QueryLog.expansions``);
+            indexed in the ``queries`` field and as dense rows.
+        encoder: builds the dense channel (``indexers.dense``) into the same version.
+        extra_meta: JSON-able facts stored in ``index_meta.json`` (e.g. the log's summary and
+            the fitted fusion weights).
 
     Returns:
         BuildReport with the new version name and doc count.
@@ -139,8 +164,9 @@ def build_tantivy_index(
     try:
         index = tantivy.Index(_schema(), path=str(version), reuse=False)
         writer = index.writer(heap_size=_WRITER_HEAP, num_threads=1)
+        expansions = expansions or {}
         for rec in records:
-            writer.add_document(_document(rec))
+            writer.add_document(_document(rec, expansions.get(rec.id, ())))
         writer.commit()
         done, writer = writer, None
         done.wait_merging_threads()
@@ -152,7 +178,16 @@ def build_tantivy_index(
             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "config": asdict(config),
             "field_boosts": config.field_boosts(),
+            "expanded_items": sum(1 for r in records if expansions.get(r.id)),
+            **(extra_meta or {}),
         }
+        if encoder is not None:
+            dense = DenseIndex.build({r.id: dense_text(r) for r in records}, expansions, encoder,
+                                     progress=True)
+            dense.save(version)
+            meta["dense"] = {"encoder": dense.encoder_name, "dim": dense.dim, "rows": len(dense)}
+        logged = sorted({" ".join(q.split()).casefold() for qs in expansions.values() for q in qs})
+        (version / LOG_QUERIES_FILE).write_text(json.dumps(logged) + "\n")
         (version / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         store.mark_complete(version)
         store.publish(version)
@@ -181,14 +216,23 @@ def build_tantivy_index(
 class TantivyTemplateIndex(TemplateIndex):
     """Read-only searcher over one published tantivy version (immutable once opened)."""
 
-    def __init__(self, path: Path, meta: dict[str, Any], config: TemplateIndexConfig):
+    def __init__(self, path: Path, meta: dict[str, Any], config: TemplateIndexConfig,
+                 encoder: TextEncoder | None = None):
         self.path = path
         self.meta = meta
         self.config = config
-        self._boosts = config.field_boosts()
         self._index = tantivy.Index.open(str(path))
         self._schema = self._index.schema
+        self._fields = TEXT_FIELDS if meta.get("schema_version", 1) >= 2 else TEXT_FIELDS[:4]
+        self._boosts = {f: b for f, b in config.field_boosts().items() if f in self._fields}
         self._searcher = self._index.searcher()
+        self._dense = DenseIndex.load(path)
+        self._encoder = encoder
+        if self._dense is not None and encoder is not None and encoder.name != \
+                self._dense.encoder_name:
+            raise IndexStoreError(f"{path}'s dense channel was built with "
+                                  f"{self._dense.encoder_name!r}, not {encoder.name!r}; open it "
+                                  "with the same encoder or rebuild it")
 
     @property
     def version(self) -> str:
@@ -206,9 +250,13 @@ class TantivyTemplateIndex(TemplateIndex):
         if not terms:
             return None  # only punctuation: nothing can match
         text_q = self._index.parse_query(
-            " ".join(terms), list(TEXT_FIELDS), field_boosts=self._boosts
+            " ".join(terms), list(self._fields), field_boosts=self._boosts
         )
-        clauses = [(tantivy.Occur.Must, text_q)]
+        return self._filtered(text_q, category, tags)
+
+    def _filtered(self, q: tantivy.Query, category: str | None,
+                  tags: tuple[str, ...]) -> tantivy.Query:
+        clauses = [(tantivy.Occur.Must, q)]
         if category is not None:
             clauses.append(
                 (
@@ -220,7 +268,7 @@ class TantivyTemplateIndex(TemplateIndex):
             clauses.append(
                 (tantivy.Occur.Must, tantivy.Query.term_query(self._schema, "tag_raw", tag))
             )
-        return text_q if len(clauses) == 1 else tantivy.Query.boolean_query(clauses)
+        return q if len(clauses) == 1 else tantivy.Query.boolean_query(clauses)
 
     def _run(
         self, searcher: tantivy.Searcher, q: tantivy.Query | None, k: int
@@ -261,19 +309,80 @@ class TantivyTemplateIndex(TemplateIndex):
     def count(self) -> int:
         return self._searcher_or_raise().num_docs
 
+    # -- the dense channel and what the build recorded ------------------------------------------
+
+    @property
+    def has_dense(self) -> bool:
+        return self._dense is not None
+
+    @property
+    def fusion_params(self) -> dict[str, Any] | None:
+        return self.meta.get("fusion")
+
+    def logged_queries(self) -> set[str]:
+        try:
+            return set(json.loads((self.path / LOG_QUERIES_FILE).read_text()))
+        except (OSError, ValueError):
+            return set()
+
+    def encode(self, texts: list[str]):
+        if self._dense is None:
+            raise IndexStoreError(f"{self.path} has no dense channel; rebuild it with an encoder "
+                                  "(`udrl index templates` builds one by default)")
+        if self._encoder is None:
+            if not self._dense.encoder_name.startswith("minilm:"):
+                raise IndexStoreError(f"open {self.path} with its encoder "
+                                      f"{self._dense.encoder_name!r} to search the dense channel")
+            self._encoder = load_text_encoder()
+        return self._encoder.encode(texts)
+
+    def search_dense_batch(self, queries: Sequence[str], k: int = 10,
+                           filters: dict | None = None, vectors=None) -> list[list[TemplateHit]]:
+        for q in queries:
+            check_query(q, k)
+        category, tags = normalize_filters(filters)
+        searcher = self._searcher_or_raise()
+        vecs = self.encode(list(queries)) if vectors is None else vectors
+        allow = None
+        if category is not None or tags:
+            allow = {h.id: True for h in self._run(searcher, self._filtered(
+                tantivy.Query.all_query(), category, tags), searcher.num_docs or 1)}
+        out = []
+        for found in self._dense.search(vecs, k, allow):
+            docs = self._docs_by_id(searcher, [i for i, _ in found])
+            out.append([TemplateHit(d.id, s, d.title, d.category, d.tags, d.fields)
+                        for (i, s) in found if (d := docs.get(i)) is not None])
+        return out
+
+    def fetch(self, ids: Sequence[str]) -> dict[str, TemplateHit]:
+        return self._docs_by_id(self._searcher_or_raise(), list(dict.fromkeys(ids)))
+
+    def documents(self) -> list[TemplateHit]:
+        searcher = self._searcher_or_raise()
+        return self._run(searcher, tantivy.Query.all_query(), max(1, searcher.num_docs))
+
+    def _docs_by_id(self, searcher: tantivy.Searcher, ids: list[str]) -> dict[str, TemplateHit]:
+        if not ids:
+            return {}
+        q = tantivy.Query.boolean_query([
+            (tantivy.Occur.Should, tantivy.Query.term_query(self._schema, "id", i)) for i in ids])
+        return {h.id: h for h in self._run(searcher, q, len(ids))}
+
     def close(self) -> None:
         self._searcher = None
         self._index = None
 
 
 def open_tantivy_index(
-    root: str | os.PathLike[str], config: TemplateIndexConfig | None = None
+    root: str | os.PathLike[str], config: TemplateIndexConfig | None = None,
+    encoder: TextEncoder | None = None,
 ) -> TantivyTemplateIndex:
     """Open the live version under ``root``.
 
     Args:
         root: the IndexStore directory a build published to.
         config: override the saved boosts (query-time only); None uses the build's config.
+        encoder: the dense channel's encoder; None loads the shipped MiniLM when first needed.
 
     Raises:
         IndexStoreError: nothing published yet, or the version is not a tantivy template index.
@@ -291,7 +400,7 @@ def open_tantivy_index(
         raise IndexStoreError(
             f"{meta_path} is missing or unreadable ({e}); rebuild the template index"
         ) from e
-    if meta.get("backend") != "tantivy" or meta.get("schema_version") != SCHEMA_VERSION:
+    if meta.get("backend") != "tantivy" or meta.get("schema_version") not in READABLE_SCHEMAS:
         raise IndexStoreError(
             f"{path} holds backend={meta.get('backend')!r} schema_version="
             f"{meta.get('schema_version')!r}, expected tantivy v{SCHEMA_VERSION}; rebuild it"
@@ -299,6 +408,6 @@ def open_tantivy_index(
     if config is None:
         config = TemplateIndexConfig(**meta.get("config", {}))
     try:
-        return TantivyTemplateIndex(path, meta, config)
+        return TantivyTemplateIndex(path, meta, config, encoder)
     except ValueError as e:
         raise IndexStoreError(f"cannot open tantivy index at {path}: {e}; rebuild it") from e

@@ -56,6 +56,9 @@ class TemplateIndexConfig:
     category_boost: float = 1.5
     # Multiplier for a match in the free-text description; the baseline. Range 0.1-2.
     description_boost: float = 1.0
+    # Multiplier for a match in the logged queries that clicked the template (``--log``):
+    # real users' words for it, as precise as curated tags. Range 0.5-5.
+    queries_boost: float = 2.0
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -69,6 +72,7 @@ class TemplateIndexConfig:
             "tags": float(self.tags_boost),
             "category": float(self.category_boost),
             "description": float(self.description_boost),
+            "queries": float(self.queries_boost),
         }
 
 
@@ -183,6 +187,44 @@ class TemplateIndex(abc.ABC):
     ) -> list[list[TemplateHit]]:
         """``search`` for many queries; one result list per query, in order."""
         return [self.search(q, k, filters) for q in queries]
+
+    @property
+    def has_dense(self) -> bool:
+        """True when the version holds a dense (embedding) channel."""
+        return False
+
+    @property
+    def fusion_params(self) -> dict[str, Any] | None:
+        """Fusion weights fitted on the training log at build time, if any."""
+        return None
+
+    def logged_queries(self) -> set[str]:
+        """Normalised logged queries the build expanded templates with (to warn on leaks)."""
+        return set()
+
+    def fetch(self, ids: Sequence[str]) -> dict[str, TemplateHit]:
+        """The templates with these ids (unknown ids are left out); a backend that cannot
+        look ids up returns {}."""
+        return {}
+
+    def documents(self) -> list[TemplateHit]:
+        """Every template (for catalogue statistics); a backend that cannot list them
+        returns []."""
+        return []
+
+    def search_dense_batch(self, queries: Sequence[str], k: int = 10,
+                           filters: dict | None = None, vectors: Any = None
+                           ) -> list[list[TemplateHit]]:
+        """Top-k templates by embedding similarity for each query (``vectors``: precomputed
+        query embeddings, optional).
+
+        Raises:
+            IndexStoreError: the version has no dense channel.
+        """
+        from .errors import IndexStoreError
+
+        raise IndexStoreError(f"the {type(self).__name__} has no dense channel; rebuild the "
+                              "index with an encoder")
 
     @abc.abstractmethod
     def count(self) -> int:

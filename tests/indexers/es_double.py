@@ -5,7 +5,17 @@ Every request is recorded (method, path, params, parsed body) for assertions. It
 mappings, aliases and documents in memory; documents become searchable on ``_refresh`` as in
 the real thing. Search is a trivial term match (score = sum over fields of boost x term count
 x idf, plus a cosine kNN part when asked), enough for ranking tests to see a distinctive word
-win. Faults can be injected:
+win. kNN is exact: a nested vector field scores a document by its best nested vector (as
+Elasticsearch >= 8.11 does), reported as ``(1 + cosine) / 2``.
+
+It refuses what a real cluster refuses, with Elasticsearch's error types: mappings with unknown
+types or parameters, analyzers or normalizers that do not exist, dense_vector fields without
+dims; documents with fields a ``dynamic: strict`` mapping does not declare, vectors of the
+wrong length or of zero magnitude under cosine; search bodies with unknown keys, kNN on a
+field that is not an indexed dense_vector, a query vector of the wrong length, k above
+num_candidates or num_candidates above 10000, sorting on a text field, a result window over
+10000. ``_msearch`` answers a bad search in its slot, as the real one does. Faults can be
+injected:
 
     fail_docs[id] = (400, "document_parsing_exception")   that item fails every time
     throttle_docs[id] = n                                  that item gets 429 n times
@@ -29,6 +39,37 @@ __all__ = ["EsDouble", "Recorded"]
 
 _TOKEN = re.compile(r"[^\W_]+")
 _PRODUCT = {"X-Elastic-Product": "Elasticsearch"}
+# field type -> the mapping parameters a real cluster accepts (the ones this project may send)
+_MAPPER_PARAMS = {
+    "keyword": {"type", "normalizer", "index", "doc_values", "ignore_above", "fields"},
+    "text": {"type", "analyzer", "search_analyzer", "index", "fields"},
+    "dense_vector": {"type", "dims", "index", "similarity", "index_options", "element_type"},
+    "nested": {"type", "properties", "dynamic"},
+}
+_ANALYZERS = {"standard", "simple", "whitespace", "keyword", "english"}
+_SIMILARITIES = {"cosine", "dot_product", "l2_norm", "max_inner_product"}
+_SEARCH_KEYS = {
+    "size",
+    "from",
+    "query",
+    "knn",
+    "_source",
+    "sort",
+    "search_after",
+    "track_total_hits",
+}
+_KNN_KEYS = {
+    "field",
+    "query_vector",
+    "k",
+    "num_candidates",
+    "filter",
+    "similarity",
+    "boost",
+    "inner_hits",
+    "_name",
+}
+_MAX_WINDOW = 10_000  # index.max_result_window, and the num_candidates ceiling
 
 
 def _tokens(text: Any) -> list[str]:
@@ -201,8 +242,13 @@ class EsDouble:
                     }
                 if op == "_search":
                     return 200, self._search(target, body or {})
-                if op == "_msearch":
-                    resps = [{**self._search(target, b), "status": 200} for b in (body or [])[1::2]]
+                if op == "_msearch":  # a bad search fails in its own slot, not the request
+                    resps = []
+                    for b in (body or [])[1::2]:
+                        try:
+                            resps.append({**self._search(target, b), "status": 200})
+                        except _Error as e:
+                            resps.append({"error": e.body["error"], "status": e.status})
                     return 200, {"took": 1, "responses": resps}
             raise _Error(
                 400, "unsupported_by_double", f"the ES double has no route {method} {path}"
@@ -220,6 +266,7 @@ class EsDouble:
     def _create(self, name: str, body: dict[str, Any]) -> tuple[int, Any]:
         if name in self.indices or name in self.aliases:
             raise _Error(400, "resource_already_exists_exception", f"index [{name}] already exists")
+        _check_mapping(body.get("mappings", {}), body.get("settings", {}))
         self.indices[name] = _Index(
             settings=body.get("settings", {}), mappings=body.get("mappings", {})
         )
@@ -271,6 +318,8 @@ class EsDouble:
                 item.update(
                     status=404, error={"type": "index_not_found_exception", "reason": index}
                 )
+            elif (refused := self._refused(index, source or {})) is not None:
+                item.update(status=refused.status, error=refused.body["error"])
             else:
                 self.indices[index].pending[doc_id] = source
                 item.update(status=201, result="created", _version=1)
@@ -278,12 +327,21 @@ class EsDouble:
         errors = any(v["status"] >= 300 for it in items for v in it.values())
         return 200, {"took": 1, "errors": errors, "items": items}
 
+    def _refused(self, index: str, source: dict[str, Any]) -> _Error | None:
+        try:
+            _check_doc(self.indices[index].mappings, source)
+        except _Error as e:
+            return e
+        return None
+
     # -- search ----------------------------------------------------------------------------
     def _match(self, clause: dict[str, Any], src: dict[str, Any]) -> float | None:
         """Score of a doc for one query clause, None when it does not match."""
         ((kind, spec),) = clause.items()
         if kind == "match_all":
             return 1.0
+        if kind == "exists":
+            return 0.0 if src.get(spec["field"]) not in (None, [], "") else None
         if kind == "multi_match":
             terms = set(_tokens(spec["query"]))
             score = 0.0
@@ -311,6 +369,20 @@ class EsDouble:
 
     def _search(self, target: str, body: dict[str, Any]) -> dict[str, Any]:
         names = self.resolve(target)
+        unknown = sorted(set(body) - _SEARCH_KEYS)
+        if unknown:
+            raise _Error(
+                400, "parsing_exception", f"Unknown key for a START_OBJECT in [{unknown[0]}]."
+            )
+        size, start = body.get("size", 10), body.get("from", 0)
+        if size + start > _MAX_WINDOW:
+            raise _Error(
+                400,
+                "illegal_argument_exception",
+                f"Result window is too large, from + "
+                f"size must be less than or equal to: [{_MAX_WINDOW}] but was "
+                f"[{size + start}].",
+            )
         # idf = log(1 + N/df) over the searched docs, so rare words outweigh common ones
         df: dict[str, int] = {}
         docs = [src for n in names for src in self.indices[n].docs.values()]
@@ -325,49 +397,280 @@ class EsDouble:
                 df[t] = df.get(t, 0) + 1
         self._idf = {t: math.log(1 + len(docs) / d) for t, d in df.items()}
         scores: dict[tuple[str, str], float] = {}
-        query = body.get("query", {"match_all": {}})
-        for n in names:
-            for doc_id, src in self.indices[n].docs.items():
-                s = self._match(query, src)
-                if s is not None:
-                    scores[(n, doc_id)] = s
-        knn = body.get("knn")
-        if knn:
-            q = knn["query_vector"]
-            qn = math.sqrt(sum(x * x for x in q)) or 1.0
-            cands = []
+        knns = body.get("knn") or []
+        knns = [knns] if isinstance(knns, dict) else knns
+        if "query" in body or not knns:  # a knn-only search has no query part
+            query = body.get("query", {"match_all": {}})
             for n in names:
                 for doc_id, src in self.indices[n].docs.items():
-                    v = src.get(knn["field"])
-                    if v is None or any(self._match(f, src) is None for f in knn.get("filter", [])):
-                        continue
-                    cos = sum(a * b for a, b in zip(q, v)) / (
-                        qn * (math.sqrt(sum(x * x for x in v)) or 1.0)
-                    )
-                    cands.append(((1 + cos) / 2, (n, doc_id)))
-            for s, key in sorted(cands, reverse=True)[: knn["k"]]:
+                    s = self._match(query, src)
+                    if s is not None:
+                        scores[(n, doc_id)] = s
+        for knn in knns:
+            for key, s in self._knn(names, knn).items():
                 scores[key] = scores.get(key, 0.0) + s  # hybrid: scores add up, as in ES
-        ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0][1]))[: body.get("size", 10)]
-        excludes = set((body.get("_source") or {}).get("excludes", []))
-        hits = [
-            {
-                "_index": n,
-                "_id": d,
-                "_score": s,
-                "_source": {k: v for k, v in self.indices[n].docs[d].items() if k not in excludes},
-            }
-            for (n, d), s in ranked
-        ]
+        ranked: list[tuple[tuple[str, str], float | None, list[Any] | None]]
+        if "sort" in body:
+            ranked = self._sorted(names, scores, body["sort"], body.get("search_after"))
+        else:
+            ranked = [
+                (key, s, None)
+                for key, s in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0][1]))
+            ]
+        hits = []
+        for (n, d), s, sort in ranked[start : start + size]:
+            hit = {"_index": n, "_id": d, "_score": s}
+            src = _filter_source(self.indices[n].docs[d], body.get("_source", True))
+            if src is not None:
+                hit["_source"] = src
+            if sort is not None:
+                hit["sort"] = sort
+            hits.append(hit)
         return {
             "took": 1,
             "timed_out": False,
             "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
             "hits": {
                 "total": {"value": len(scores), "relation": "eq"},
-                "max_score": hits[0]["_score"] if hits else None,
+                "max_score": max(
+                    (h["_score"] for h in hits if h["_score"] is not None), default=None
+                ),
                 "hits": hits,
             },
         }
+
+    def _knn(self, names: list[str], knn: dict[str, Any]) -> dict[tuple[str, str], float]:
+        """The top-k documents of one kNN clause (exact), as ``{(index, id): score}``."""
+        unknown = sorted(set(knn) - _KNN_KEYS)
+        if unknown:
+            raise _Error(400, "x_content_parse_exception", f"[knn] unknown field [{unknown[0]}]")
+        k, n_cand = knn.get("k", 10), knn.get("num_candidates", max(knn.get("k", 10), 100))
+        if not isinstance(k, int) or k < 1:
+            raise _Error(400, "illegal_argument_exception", "[k] must be greater than 0")
+        if n_cand < k:
+            raise _Error(
+                400, "illegal_argument_exception", "[num_candidates] cannot be less than [k]"
+            )
+        if n_cand > _MAX_WINDOW:
+            raise _Error(
+                400, "illegal_argument_exception", f"[num_candidates] cannot exceed [{_MAX_WINDOW}]"
+            )
+        filters = knn.get("filter") or []
+        filters = [filters] if isinstance(filters, dict) else filters
+        q = knn["query_vector"]
+        cands = []
+        for n in names:
+            path, spec = _vector_field(self.indices[n].mappings, knn["field"])
+            if len(q) != spec["dims"]:
+                raise _Error(
+                    400,
+                    "illegal_argument_exception",
+                    "the query vector has a different "
+                    f"number of dimensions [{len(q)}] than the index vectors "
+                    f"[{spec['dims']}]",
+                )
+            for doc_id, src in self.indices[n].docs.items():
+                if any(self._match(f, src) is None for f in filters):
+                    continue
+                if path is None:  # a top-level vector
+                    vecs = [src.get(knn["field"])]
+                else:  # nested: every nested object's vector; the best one scores the doc
+                    objs = src.get(path) or []
+                    objs = [objs] if isinstance(objs, dict) else objs
+                    vecs = [o.get(knn["field"].split(".", 1)[1]) for o in objs]
+                sims = [_cosine(q, v) for v in vecs if v is not None]
+                if sims:
+                    cands.append(((1 + max(sims)) / 2, (n, doc_id)))
+        return {key: s for s, key in sorted(cands, key=lambda c: (-c[0], c[1]))[:k]}
+
+    def _sorted(
+        self,
+        names: list[str],
+        scores: dict[tuple[str, str], float],
+        sort: Any,
+        after: list[Any] | None,
+    ) -> list[tuple[tuple[str, str], None, list[Any]]]:
+        """Matching docs ordered by one keyword field, after ``search_after`` when given."""
+        specs = sort if isinstance(sort, list) else [sort]
+        if len(specs) != 1:
+            raise _Error(400, "unsupported_by_double", "sort on more than one field")
+        spec = specs[0]
+        field, order = (spec, "asc") if isinstance(spec, str) else next(iter(spec.items()))
+        order = order.get("order", "asc") if isinstance(order, dict) else order
+        for n in names:
+            ftype = self.indices[n].mappings.get("properties", {}).get(field, {}).get("type")
+            if ftype is None:
+                raise _Error(
+                    400,
+                    "query_shard_exception",
+                    f"No mapping found for [{field}] in order to sort on",
+                )
+            if ftype != "keyword":
+                raise _Error(
+                    400,
+                    "illegal_argument_exception",
+                    "Text fields are not optimised "
+                    "for operations that require per-document field data like "
+                    f"aggregations and sorting; fielddata is disabled on [{field}]",
+                )
+        rows = sorted(
+            ((str(self.indices[n].docs[d].get(field)), (n, d)) for n, d in scores),
+            reverse=order == "desc",
+        )
+        if after is not None:
+            rows = [r for r in rows if (r[0] < after[0] if order == "desc" else r[0] > after[0])]
+        return [(key, None, [value]) for value, key in rows]
+
+
+def _cosine(a: list[float], b: list[float]) -> float:
+    na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
+    return sum(x * y for x, y in zip(a, b)) / ((na * nb) or 1.0)
+
+
+def _filter_source(src: dict[str, Any], spec: Any) -> dict[str, Any] | None:
+    """``_source`` as a search's ``_source`` option asks (True, False, includes, or a dict)."""
+    if spec is False:
+        return None
+    if spec is True:
+        return dict(src)
+    if isinstance(spec, (str, list)):
+        spec = {"includes": [spec] if isinstance(spec, str) else spec}
+    inc, exc = set(spec.get("includes", ())), set(spec.get("excludes", ()))
+    return {k: v for k, v in src.items() if (not inc or k in inc) and k not in exc}
+
+
+def _vector_field(mappings: dict[str, Any], field: str) -> tuple[str | None, dict[str, Any]]:
+    """(nested path or None, mapping) of an indexed dense_vector field, else a 400."""
+    props = mappings.get("properties", {})
+    head, _, rest = field.partition(".")
+    spec, path = props.get(field), None
+    if rest and props.get(head, {}).get("type") == "nested":
+        spec, path = props[head].get("properties", {}).get(rest), head
+    if spec is None:
+        raise _Error(
+            400,
+            "search_phase_execution_exception",
+            f"failed to create query: field [{field}] does not exist in the mapping",
+        )
+    if spec.get("type") != "dense_vector" or spec.get("index") is False:
+        raise _Error(
+            400,
+            "illegal_argument_exception",
+            "[knn] queries are only supported on "
+            f"indexed [dense_vector] fields, not [{field}] of type [{spec.get('type')}]",
+        )
+    return path, spec
+
+
+def _check_mapping(mappings: dict[str, Any], settings: dict[str, Any]) -> None:
+    """Raise what index creation answers for a mapping this project could get wrong."""
+    extra = sorted(set(mappings) - {"dynamic", "_meta", "properties"})
+    if extra:
+        raise _Error(
+            400,
+            "mapper_parsing_exception",
+            f"Root mapping definition has unsupported parameters: {extra}",
+        )
+    if not isinstance(mappings.get("_meta", {}), dict):
+        raise _Error(400, "mapper_parsing_exception", "[_meta] must be an object")
+    normalizers = set(settings.get("analysis", {}).get("normalizer", {}))
+    _check_properties(mappings.get("properties", {}), normalizers, "")
+
+
+def _check_properties(props: dict[str, Any], normalizers: set[str], prefix: str) -> None:
+    for name, spec in props.items():
+        field, ftype = prefix + name, spec.get("type")
+        if ftype not in _MAPPER_PARAMS:
+            raise _Error(
+                400,
+                "mapper_parsing_exception",
+                f"No handler for type [{ftype}] declared on field [{field}]",
+            )
+        for param in spec:
+            if param not in _MAPPER_PARAMS[ftype]:
+                raise _Error(
+                    400,
+                    "mapper_parsing_exception",
+                    f"unknown parameter [{param}] on mapper [{field}] of type [{ftype}]",
+                )
+        if ftype == "text" and spec.get("analyzer", "standard") not in _ANALYZERS:
+            raise _Error(
+                400,
+                "mapper_parsing_exception",
+                f"analyzer [{spec['analyzer']}] has not been configured in mappings",
+            )
+        if ftype == "keyword" and spec.get("normalizer", next(iter(normalizers), None)) not in (
+            normalizers | {None}
+        ):
+            raise _Error(
+                400,
+                "mapper_parsing_exception",
+                f"normalizer [{spec['normalizer']}] not found for field [{field}]",
+            )
+        if ftype == "dense_vector":
+            dims = spec.get("dims")
+            if not isinstance(dims, int) or not 1 <= dims <= 4096:
+                raise _Error(
+                    400,
+                    "mapper_parsing_exception",
+                    f"The number of dimensions should be in the range [1, 4096] but was "
+                    f"[{dims}] on field [{field}]",
+                )
+            if spec.get("similarity", "cosine") not in _SIMILARITIES:
+                raise _Error(
+                    400,
+                    "mapper_parsing_exception",
+                    f"Unknown value [{spec['similarity']}] for field [similarity]",
+                )
+        if ftype == "nested":
+            _check_properties(spec.get("properties", {}), normalizers, field + ".")
+        _check_properties(spec.get("fields", {}), normalizers, field + ".")
+
+
+def _check_doc(mappings: dict[str, Any], src: dict[str, Any], prefix: str = "") -> None:
+    """Raise what indexing answers for a document the mapping refuses."""
+    props = mappings.get("properties", {})
+    for name, value in src.items():
+        spec, field = props.get(name), prefix + name
+        if spec is None:
+            if mappings.get("dynamic") == "strict":
+                where = prefix.rstrip(".") or "_doc"
+                why = f"dynamic introduction of [{name}] within [{where}] is not allowed"
+                raise _Error(
+                    400, "strict_dynamic_mapping_exception", f"mapping set to strict, {why}"
+                )
+            continue
+        ftype, parse_error = (
+            spec["type"],
+            f"failed to parse field [{field}] of type [{spec['type']}]",
+        )
+        if ftype == "nested":
+            objs = [value] if isinstance(value, dict) else value
+            if not isinstance(objs, list) or not all(isinstance(o, dict) for o in objs):
+                raise _Error(400, "document_parsing_exception", parse_error)
+            inner = {"dynamic": spec.get("dynamic", mappings.get("dynamic")), **spec}
+            for o in objs:
+                _check_doc(inner, o, field + ".")
+        elif ftype == "dense_vector":
+            if not isinstance(value, list) or not all(isinstance(x, (int, float)) for x in value):
+                raise _Error(400, "document_parsing_exception", parse_error)
+            if len(value) != spec["dims"]:
+                why = f"has a different number of dimensions [{len(value)}] than defined"
+                raise _Error(
+                    400,
+                    "document_parsing_exception",
+                    f"The [dense_vector] field [{field}] {why} [{spec['dims']}]",
+                )
+            if spec.get("similarity", "cosine") == "cosine" and not any(value):
+                raise _Error(
+                    400,
+                    "document_parsing_exception",
+                    "The [cosine] similarity does not support vectors with zero magnitude.",
+                )
+        elif isinstance(value, dict) or (
+            isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)
+        ):
+            raise _Error(400, "document_parsing_exception", parse_error)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -26,6 +26,7 @@ from indexers.templates import open_template_index
 from .conftest import N_GOOD
 from .es_double import EsDouble
 from .template_fixtures import make_templates
+from .text_fakes import WordEncoder
 
 
 def image_cfg(source, store_root, **kw) -> ImageReindexConfig:
@@ -239,8 +240,43 @@ def test_bad_template_config_is_config_error(kw, match):
         TemplateReindexConfig(source="t.jsonl", **kw)
 
 
-def test_encoder_with_tantivy_is_config_error(tpl_source, tmp_path):
-    cfg = TemplateReindexConfig(source=tpl_source, root=tmp_path / "tpl")
-    with pytest.raises(ConfigError, match="no vector search"):
-        reindex_templates(cfg, encoder=TinyTextEncoder(), progress=False)
+def test_tantivy_with_encoder_and_log_publishes_a_dense_channel(tpl_source, tmp_path):
+    # "zebrafish" is in no template; the log says users searching it clicked t00004
+    log_path = tmp_path / "queries.tsv"
+    log_path.write_text("zebrafish\tt00004\n"  # 1
+                        "Zebrafish \tt00004\n"  # 2 same query, second click
+                        "modern\n"  # 3 no click
+                        "lost\tt99999\n"  # 4 an id the catalogue lacks: counted, ignored
+                        "a\tb\tc\n")  # 5 rejected: 3 fields
+    enc = WordEncoder(dim=256, name="words-fake")
+    seen = []
+
+    def fit(records, qlog):
+        seen.append((len(records), qlog.summary()))
+        return {"raw": 0.25, "dense": 1.0, "k": 10}
+
+    cfg = TemplateReindexConfig(source=tpl_source, root=tmp_path / "tpl", log_path=log_path)
+    rep = reindex_templates(cfg, encoder=enc, progress=False, fit=fit)
+    assert json.loads(json.dumps(rep)) == rep
+    assert rep["dense"] is True and rep["fusion"] == {"raw": 0.25, "dense": 1.0, "k": 10}
+    assert seen == [(N_TPL, {"queries": 3, "searches": 4, "clicks": 3, "clicked_items": 2})]
+    assert rep["log"]["rejected_lines"] == 1 and rep["log"]["clicks_on_unknown_ids"] == 1
+    rejects = [json.loads(x) for x in Path(rep["log"]["rejects_file"]).read_text().splitlines()]
+    assert [r["line"] for r in rejects] == [5]
+    with open_template_index("tantivy", root=tmp_path / "tpl", encoder=enc) as ix:
+        assert ix.version == rep["version"] and ix.has_dense
+        assert ix.meta["dense"]["encoder"] == "words-fake"
+        # only queries that clicked a catalogue item expand it ("modern", "lost" did not)
+        assert ix.fusion_params == rep["fusion"] and ix.logged_queries() == {"zebrafish"}
+        assert [h.id for h in ix.search_dense_batch(["zebrafish"], 1)[0]] == ["t00004"]
+        assert [h.id for h in ix.search("zebrafish")] == ["t00004"]  # the BM25 expansion too
+
+
+def test_bad_log_path_publishes_nothing(tpl_source, tmp_path):
+    cfg = TemplateReindexConfig(source=tpl_source, root=tmp_path / "tpl",
+                                log_path=tmp_path / "missing.tsv")
+    with pytest.raises(DataError, match="missing.tsv does not exist"):
+        reindex_templates(cfg, progress=False)
     assert IndexStore(tmp_path / "tpl").current() is None
+    with pytest.raises(ConfigError, match="log_max_per_item=0"):
+        TemplateReindexConfig(source="t.jsonl", root="x", log_max_per_item=0)

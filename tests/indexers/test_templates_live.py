@@ -12,9 +12,11 @@ from dataclasses import replace
 
 import pytest
 
+from indexers.es_dense import MIN_NESTED_KNN
 from indexers.es_index import EsSettings, build_es_index, connect, open_es_index
 
 from .template_fixtures import brute_force, make_templates
+from .test_templates_es import TextRandEncoder
 
 pytestmark = [
     pytest.mark.elasticsearch,
@@ -70,3 +72,40 @@ def test_reindex_swaps_alias(settings, catalog):
         assert not es.indices.exists(index=first.version)
     finally:
         es.close()
+
+
+def test_logged_queries_field_is_searched_and_read_back(settings, catalog):
+    # "zanzibar" and "lagoon" are in no template's own text: only the log knows them
+    expansions = {"t00005": ["Zanzibar  Wedding", "island vows"], "t00007": ["lagoon brunch"]}
+    fusion = {"raw": 1.0, "dense": 0.5, "k": 60}
+    build_es_index(catalog.records, settings, expansions=expansions, extra_meta={"fusion": fusion})
+    with open_es_index(settings) as ix:
+        assert [h.id for h in ix.search("zanzibar", k=5)] == ["t00005"]
+        assert [h.id for h in ix.search("lagoon brunches", k=5)] == ["t00007"]  # english stems
+        assert ix.logged_queries() == {"zanzibar wedding", "island vows", "lagoon brunch"}
+        assert ix.fusion_params == fusion
+
+
+def test_knn_dense_search_over_nested_rows(settings, catalog):
+    es = connect(settings)
+    try:
+        number = es.info()["version"]["number"]
+    finally:
+        es.close()
+    if tuple(int(x) for x in number.split(".")[:2]) < MIN_NESTED_KNN:
+        pytest.skip(f"nested kNN needs Elasticsearch >= 8.11; the cluster runs {number}")
+    enc = TextRandEncoder()
+    expansions = {"t00005": ["island vows"], "t00007": ["lagoon brunch"]}
+    build_es_index(catalog.records, settings, encoder=enc, expansions=expansions)
+    with open_es_index(settings, encoder=enc) as ix:
+        assert ix.has_dense
+        vows, brunch = ix.search_dense_batch(["island vows", "lagoon brunch"], k=3)
+        # a logged query's own row is its nearest vector: cosine ~1 (quantized index options
+        # make it approximate), every other row is a different random text
+        assert vows[0].id == "t00005" and vows[0].score == pytest.approx(1.0, abs=0.05)
+        assert brunch[0].id == "t00007"
+        rec = catalog.records[7]
+        assert (brunch[0].title, brunch[0].tags) == (rec.title, rec.tags)
+        tag = rec.tags[0] if rec.tags else "sale"
+        (filtered,) = ix.search_dense_batch(["lagoon brunch"], k=5, filters={"tags": [tag]})
+        assert filtered and all(tag.casefold() in map(str.casefold, h.tags) for h in filtered)

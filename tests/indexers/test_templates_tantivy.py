@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import random
 
+import numpy as np
 import pytest
 
 from indexers import tantivy_index
 from indexers.catalog_templates import TemplateRecord, read_templates, records_checksum
+from indexers.dense import DenseConfig
 from indexers.errors import ConfigError, DataError, IndexStoreError
 from indexers.store import IndexStore
 from indexers.templates import TemplateIndexConfig, build_template_index, open_template_index
 
-from .template_fixtures import brute_force, make_templates
+from .template_fixtures import VOCAB, brute_force, make_templates
+from .text_fakes import WordEncoder, brute_scores, brute_top, dense_rows
 
 N = 317  # awkward size on purpose
 
@@ -48,7 +52,8 @@ def test_build_report_and_meta(built, catalog):
     assert meta["backend"] == "tantivy" and meta["doc_count"] == N
     # the checksum is over the records sorted by id, so file order does not change it
     assert meta["checksum"] == records_checksum(reversed(catalog.records)) == report.checksum
-    assert meta["field_boosts"] == {"title": 3.0, "tags": 2.0, "category": 1.5, "description": 1.0}
+    assert meta["field_boosts"] == {"title": 3.0, "tags": 2.0, "category": 1.5, "description": 1.0,
+                                    "queries": 2.0}
     assert meta["built_at"].endswith("Z")
 
 
@@ -258,7 +263,7 @@ def test_killed_reindex_keeps_old_version(tmp_path, catalog, monkeypatch, where)
     if where == "while writing":
         real = tantivy_index._document
         monkeypatch.setattr(
-            tantivy_index, "_document", lambda r: boom() if r.id == "t00100" else real(r)
+            tantivy_index, "_document", lambda r, q=(): boom() if r.id == "t00100" else real(r, q)
         )
     else:
         monkeypatch.setattr(tantivy_index.IndexStore, "publish", boom)
@@ -389,3 +394,167 @@ def test_catalogue_round_trip_into_index(tmp_path, catalog):
     out = read_templates(src)
     assert out.records == catalog.records and out.rejects == []
     assert records_checksum(out.records) == records_checksum(catalog.records)
+
+
+# -- logged-query expansion, the dense channel, fetch/documents, schema v1 ----------------------
+
+# Logged queries for the dense/expanded build: every 7th template (t00000, t00007, ...) was
+# clicked for "<two vocabulary words>" and every 21st also for "zq<id>", a word no template text
+# holds (t00000: "zq00000"). Seeded, so the build is the same in every run.
+def make_expansions(records, seed=1) -> dict[str, list[str]]:
+    rng = random.Random(seed)
+    out = {}
+    for i, r in enumerate(records):
+        if i % 7 == 0:
+            out[r.id] = [" ".join(rng.sample(VOCAB, 2))]
+            if i % 21 == 0:
+                out[r.id].append(f"Zq{i:05d}  Logo")  # as typed: case and spaces kept
+    return out
+
+
+@pytest.fixture(scope="module")
+def dense_built(tmp_path_factory, catalog):
+    """A version built with expansions, a WordEncoder dense channel and extra meta."""
+    root = tmp_path_factory.mktemp("tpl-dense")
+    expansions = make_expansions(catalog.records)
+    enc = WordEncoder(dim=512)
+    fusion = {"raw": 0.5, "raw_coverage": 1.0, "coverage_floor": 0.5, "dense": 1.0, "k": 10}
+    build_template_index("tantivy", catalog.records, root=root, expansions=expansions,
+                         encoder=enc, extra_meta={"fusion": fusion, "log": {"queries": 3}})
+    return root, expansions, enc, fusion
+
+
+@pytest.fixture()
+def dense_index(dense_built):
+    ix = open_template_index("tantivy", root=dense_built[0], encoder=dense_built[2])
+    yield ix
+    ix.close()
+
+
+def test_expansion_makes_an_item_findable_by_its_logged_query(dense_index, index, catalog):
+    # "zq00021" is in no template's text, only in t00021's logged query "Zq00021  Logo"
+    assert brute_force(catalog.records, "zq00021") == set()
+    assert index.search("zq00021") == []  # the build without a log cannot find it
+    assert [h.id for h in dense_index.search("zq00021")] == ["t00021"]
+    assert [h.id for h in dense_index.search("ZQ00042", k=1)] == ["t00042"]  # any case
+
+
+def test_expanded_build_records_what_it_used(dense_index, dense_built, catalog):
+    _, expansions, enc, fusion = dense_built
+    meta = dense_index.meta
+    assert meta["schema_version"] == 2 and meta["expanded_items"] == len(expansions) == 46
+    assert meta["dense"] == {"encoder": enc.name, "dim": 512,
+                             "rows": N + sum(len(q) for q in expansions.values())}
+    assert meta["log"] == {"queries": 3}  # extra_meta is stored as given
+    assert dense_index.fusion_params == fusion
+    want = {" ".join(q.split()).casefold() for qs in expansions.values() for q in qs}
+    assert dense_index.logged_queries() == want and "zq00021 logo" in want
+
+
+def test_a_build_without_log_or_encoder_has_none(index):
+    assert not index.has_dense and index.fusion_params is None
+    assert index.logged_queries() == set()
+    with pytest.raises(IndexStoreError, match="no dense channel; rebuild it with an encoder"):
+        index.search_dense_batch(["modern"])
+
+
+DENSE_FILTERS = [None, {"category": "poster"}, {"tags": ["sale"]},
+                 {"category": "FLYER", "tags": ["summer", "Sale"]},
+                 {"tags": ["black friday"]}, {"category": "no-such-category"}]
+
+
+@pytest.mark.parametrize("filters", DENSE_FILTERS, ids=str)
+def test_dense_search_with_filters_equals_brute_force(dense_index, dense_built, catalog,
+                                                      filters):
+    _, expansions, enc, _ = dense_built
+    texts, row_ids, kinds = dense_rows(catalog.records, expansions)
+    queries = ["modern coffee", "zq00063", "night party festival", "unmatchedword"]
+    scores = brute_scores(enc.encode(texts), row_ids, kinds, DenseConfig(), enc.encode(queries))
+    category, tags = (filters or {}).get("category"), (filters or {}).get("tags", ())
+    allowed = {r.id for r in catalog.records
+               if (category is None or r.category.casefold() == category.casefold())
+               and {t.casefold() for t in tags} <= {t.casefold() for t in r.tags}}
+    allow = dict.fromkeys(allowed, True)
+    by_id = {r.id: r for r in catalog.records}
+    for k in (1, 10, N + 3):
+        got = dense_index.search_dense_batch(queries, k, filters)
+        assert len(got) == len(queries)
+        for hits, s in zip(got, scores):
+            assert {h.id for h in hits} <= allowed
+            want = brute_top(s, k, allow)
+            assert len(hits) == len(want) == min(k, len(allowed))
+            np.testing.assert_allclose([h.score for h in hits], [x for _, x in want], atol=1e-5)
+            for h in hits:  # the hit carries the template's stored fields
+                rec = by_id[h.id]
+                assert (h.title, h.category, h.tags) == (rec.title, rec.category, rec.tags)
+    if allowed:  # the logged-query-only word finds its template whenever the filter allows it
+        top = dense_index.search_dense_batch(["zq00063"], 1)[0][0]
+        assert top.id == "t00063"
+
+
+def test_dense_search_with_precomputed_vectors(dense_index, dense_built):
+    enc = dense_built[2]
+    queries = ["modern coffee", "vintage"]
+    assert dense_index.search_dense_batch(queries, 5, vectors=enc.encode(queries)) == \
+        dense_index.search_dense_batch(queries, 5)
+    with pytest.raises(ConfigError, match="empty"):
+        dense_index.search_dense_batch(["ok", " "])
+
+
+def test_dense_index_needs_its_own_encoder(dense_built):
+    root = dense_built[0]
+    with pytest.raises(IndexStoreError, match="built with 'words-512', not 'words-64'"):
+        open_template_index("tantivy", root=root, encoder=WordEncoder(dim=64))
+    with open_template_index("tantivy", root=root) as ix:  # opens; BM25 works without it
+        assert ix.has_dense and ix.search("zq00021")[0].id == "t00021"
+        with pytest.raises(IndexStoreError, match="open .* with its encoder 'words-512'"):
+            ix.search_dense_batch(["modern"])
+
+
+def test_fetch_and_documents(index, catalog):
+    by_id = {r.id: r for r in catalog.records}
+    got = index.fetch(["t00005", "nope", "t00300", "t00005"])
+    assert sorted(got) == ["t00005", "t00300"]  # unknown ids left out, duplicates once
+    for i, h in got.items():
+        rec = by_id[i]
+        assert (h.title, h.category, h.tags) == (rec.title, rec.category, rec.tags)
+        assert h.fields["description"] == rec.description
+    assert index.fetch([]) == {} and index.fetch(["nope"]) == {}
+    docs = index.documents()
+    assert len(docs) == N and {d.id for d in docs} == set(by_id)
+
+
+def test_documents_of_an_empty_index(tmp_path):
+    build_template_index("tantivy", [], root=tmp_path)
+    with open_template_index("tantivy", root=tmp_path) as ix:
+        assert ix.documents() == [] and ix.fetch(["a"]) == {}
+
+
+def _as_schema(root, version):
+    live = IndexStore(root).open_current()
+    meta_path = live / tantivy_index.META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["schema_version"] = version
+    meta_path.write_text(json.dumps(meta))
+    (live / tantivy_index.LOG_QUERIES_FILE).unlink(missing_ok=True)  # v1 builds wrote none
+
+
+def test_schema_v1_index_still_opens_and_searches(tmp_path, catalog):
+    records = catalog.records[:120]
+    build_template_index("tantivy", records, root=tmp_path)
+    _as_schema(tmp_path, 1)
+    with open_template_index("tantivy", root=tmp_path) as ix:
+        assert ix.meta["schema_version"] == 1 and ix.count() == 120
+        assert not ix.has_dense and ix.fusion_params is None and ix.logged_queries() == set()
+        for query, category, tags in FILTER_CASES:
+            filters = {"category": category, "tags": list(tags)} if category else {"tags": list(tags)}
+            got = ix.search(query, k=120, filters=filters)
+            assert {h.id for h in got} == brute_force(records, query, category, tags)
+        assert ix.fetch(["t00003"])["t00003"].title == records[3].title
+
+
+def test_unknown_schema_version_says_rebuild(tmp_path, catalog):
+    build_template_index("tantivy", catalog.records[:5], root=tmp_path)
+    _as_schema(tmp_path, 3)
+    with pytest.raises(IndexStoreError, match="schema_version=3.*rebuild"):
+        open_template_index("tantivy", root=tmp_path)

@@ -1,0 +1,272 @@
+"""Building the Elasticsearch template index: versioned indices behind one alias, swapped
+atomically.
+
+A build never touches what is being searched::
+
+    1. create   <alias>-v<UTC timestamp, ms>   explicit mapping, provenance in _meta
+    2. load     helpers.streaming_bulk; per-document failures are collected, 429s retried
+    3. refresh  and check the document count
+    4. swap     ONE update_aliases call: remove alias from old index(es) + add it to the new
+    5. (keep_old=False) delete the old index(es)
+
+If 2-4 fail the new index is deleted and the alias stays where it was. Searches (``es_index``)
+always go through the alias, so an open ``EsTemplateIndex`` follows a swap with no downtime.
+The documents, with their logged queries and row vectors, come from ``es_dense.documents``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError, helpers
+
+from .catalog_templates import TemplateRecord, records_checksum
+from .errors import ConfigError, DataError, IndexStoreError
+from .es_dense import DENSE_FIELD, check_nested_knn, documents
+from .es_schema import SCHEMA_VERSION, EsSettings, _describe, connect, template_mapping
+from .query_log import normalize_query
+from .templates import BuildFailure, BuildReport, TemplateIndexConfig, TextEncoder
+
+__all__ = ["build_es_index"]
+
+log = logging.getLogger(__name__)
+
+_RESERVED_META = frozenset(
+    {
+        "schema_version",
+        "encoder",
+        "dims",
+        "checksum",
+        "doc_count",
+        "built_at",
+        "config",
+        "expanded_items",
+        "logged_queries",
+        "dense",
+    }
+)
+
+
+def _alias_targets(es: Elasticsearch, alias: str) -> list[str]:
+    """Concrete indices behind ``alias`` ([] when it does not exist yet)."""
+    try:
+        return sorted(es.indices.get_alias(name=alias).body)
+    except NotFoundError:
+        return []
+
+
+def _new_index_name(es: Elasticsearch, alias: str) -> str:
+    ms = time.time_ns() // 1_000_000
+    while True:
+        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(ms / 1000)) + f"{ms % 1000:03d}"
+        name = f"{alias}-v{stamp}"
+        if not es.indices.exists(index=name):
+            return name
+        ms += 1
+
+
+def _failure(item: dict[str, Any]) -> BuildFailure:
+    info = next(iter(item.values()))
+    err = info.get("error")
+    if isinstance(err, dict):
+        reason = f"{err.get('type', 'error')}: {err.get('reason', '')}".rstrip(": ")
+    else:
+        reason = str(err)
+    return BuildFailure(id=str(info.get("_id")), reason=reason, status=info.get("status"))
+
+
+def build_es_index(
+    records: Sequence[TemplateRecord],
+    settings: EsSettings,
+    config: TemplateIndexConfig | None = None,
+    encoder: TextEncoder | None = None,
+    client: Elasticsearch | None = None,
+    expansions: Mapping[str, Sequence[str]] | None = None,
+    extra_meta: Mapping[str, Any] | None = None,
+) -> BuildReport:
+    """Load ``records`` into a new versioned index and swap ``settings.alias`` onto it.
+
+    Args:
+        records: validated templates with unique ids.
+        settings: cluster and alias; ``keep_old`` decides whether the old index survives.
+        config: boosts saved in the index ``_meta`` (defaults: TemplateIndexConfig()).
+        encoder: adds the dense channel (``es_dense``; Elasticsearch >= 8.11): an
+            ``embedding`` per template for hybrid search and one nested row vector per
+            template text and per logged query for ``search_dense_batch``.
+        client: an existing client (tests, shared pools); default: ``connect(settings)``.
+        expansions: template id -> logged queries that clicked it (``QueryLog.expansions``);
+            indexed in the ``queries`` field and as dense rows. Unknown ids are ignored.
+        extra_meta: JSON-able facts stored in the index ``_meta`` (e.g. ``"fusion"``, the
+            fitted fusion weights, and ``"log"``, the query log's summary).
+
+    Returns:
+        BuildReport; documents Elasticsearch refused are in ``failures`` (id, reason, status).
+
+    Raises:
+        ConfigError: ``extra_meta`` is not JSON-able or reuses a key the build writes, or
+            ``expansions`` maps an id to a single string instead of a list.
+        IndexStoreError: the load, refresh or swap failed, or too many documents failed; the
+            new index was deleted and the alias still points where it did. Also a cluster
+            older than 8.11 when an encoder is given (nothing is created then).
+    """
+    config = config or TemplateIndexConfig()
+    if len({r.id for r in records}) != len(records):
+        raise DataError("records contain duplicate ids; load them with read_templates")
+    _describe(encoder)
+    expansions = _check_expansions(expansions)
+    extra = _check_extra_meta(extra_meta)
+    es = client or connect(settings)
+    try:
+        return _build(es, records, settings, config, encoder, expansions, extra)
+    finally:
+        if client is None:
+            es.close()
+
+
+def _check_expansions(
+    expansions: Mapping[str, Sequence[str]] | None,
+) -> Mapping[str, Sequence[str]]:
+    for item, queries in (expansions or {}).items():
+        if isinstance(queries, str) or not all(isinstance(q, str) for q in queries):
+            raise ConfigError(
+                f"expansions[{item!r}] = {queries!r}; map each id to a list of query strings "
+                "(QueryLog.expansions)"
+            )
+    return expansions or {}
+
+
+def _check_extra_meta(extra_meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    extra = dict(extra_meta or {})
+    taken = sorted(_RESERVED_META & set(extra))
+    if taken:
+        raise ConfigError(
+            f"extra_meta reuses {taken}, which the build writes; rename them (reserved: "
+            f"{', '.join(sorted(_RESERVED_META))})"
+        )
+    try:
+        json.dumps(extra, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(
+            f"extra_meta must be JSON-able (numbers, strings, lists, dicts): {e}"
+        ) from e
+    return extra
+
+
+def _build(
+    es: Elasticsearch,
+    records: Sequence[TemplateRecord],
+    settings: EsSettings,
+    config: TemplateIndexConfig,
+    encoder: TextEncoder | None,
+    expansions: Mapping[str, Sequence[str]],
+    extra_meta: dict[str, Any],
+) -> BuildReport:
+    name, dim = _describe(encoder)
+    start = time.perf_counter()
+    alias = settings.alias
+    queries = [expansions.get(r.id, ()) for r in records]
+    try:
+        if encoder is not None:
+            check_nested_knn(es)
+        if es.indices.exists(index=alias) and not es.indices.exists_alias(name=alias):
+            raise IndexStoreError(
+                f"{alias!r} is a concrete index, not an alias; delete or rename it, or pick "
+                "another EsSettings.alias"
+            )
+        old = _alias_targets(es, alias)
+        new = _new_index_name(es, alias)
+        checksum = records_checksum(records)
+        meta = {
+            "schema_version": SCHEMA_VERSION,
+            "encoder": name,
+            "dims": dim,
+            "checksum": checksum,
+            "doc_count": len(records),
+            "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "config": asdict(config),
+            "expanded_items": sum(1 for qs in queries if qs),
+            "logged_queries": len({normalize_query(q) for qs in queries for q in qs}),
+            "dense": None
+            if encoder is None
+            else {"field": DENSE_FIELD, "rows": len(records) + sum(map(len, queries))},
+            **extra_meta,
+        }
+        es.indices.create(index=new, **template_mapping(meta, dim))
+    except (ApiError, TransportError) as e:
+        raise IndexStoreError(f"cannot prepare a new index for alias {alias!r}: {e}") from e
+    try:
+        failures = _load(es, records, new, encoder, dim, settings, expansions)
+        n = len(records)
+        if n and len(failures) / n > settings.max_failed_fraction:
+            shown = "; ".join(f"{f.id}: {f.reason}" for f in failures[:5])
+            raise IndexStoreError(
+                f"{len(failures)} of {n} documents failed (limit {settings.max_failed_fraction:.0%}"
+                f" = EsSettings.max_failed_fraction), e.g. {shown}"
+            )
+        es.indices.refresh(index=new)
+        count = int(es.count(index=new)["count"])
+        if count != n - len(failures):
+            raise IndexStoreError(
+                f"{new} holds {count} documents after refresh, expected {n - len(failures)}"
+            )
+        actions: list[dict[str, Any]] = [{"remove": {"index": o, "alias": alias}} for o in old]
+        actions.append({"add": {"index": new, "alias": alias}})
+        es.indices.update_aliases(actions=actions)  # atomic: both or neither
+    except BaseException as e:
+        _delete_quietly(es, new)
+        if isinstance(e, (ApiError, TransportError)):
+            raise IndexStoreError(f"loading {new} failed, alias {alias!r} unchanged: {e}") from e
+        raise
+    if not settings.keep_old:
+        for o in old:
+            _delete_quietly(es, o)
+    log.info("alias %s -> %s (%d docs, %d failed; was %s)", alias, new, count, len(failures), old)
+    return BuildReport(
+        backend="elasticsearch",
+        version=new,
+        doc_count=count,
+        checksum=checksum,
+        seconds=time.perf_counter() - start,
+        previous_version=old[-1] if old else None,
+        failures=failures,
+    )
+
+
+def _load(
+    es: Elasticsearch,
+    records: Sequence[TemplateRecord],
+    index: str,
+    encoder: TextEncoder | None,
+    dim: int | None,
+    settings: EsSettings,
+    expansions: Mapping[str, Sequence[str]],
+) -> list[BuildFailure]:
+    # 429 is left to streaming_bulk, which backs off and re-sends only the rejected items
+    # (the transport would resend the whole chunk at once without waiting).
+    bulk_client = es.options(retry_on_status=(502, 503, 504))
+    failures = []
+    for ok, item in helpers.streaming_bulk(
+        bulk_client,
+        documents(records, index, encoder, dim, expansions),
+        chunk_size=settings.bulk_chunk_size,
+        raise_on_error=False,
+        max_retries=settings.bulk_max_retries,
+        initial_backoff=settings.retry_backoff_s,
+        max_backoff=settings.max_backoff_s,
+        yield_ok=False,
+    ):
+        if not ok:
+            failures.append(_failure(item))
+    return failures
+
+
+def _delete_quietly(es: Elasticsearch, index: str) -> None:
+    try:
+        es.options(ignore_status=404).indices.delete(index=index)
+    except (ApiError, TransportError) as e:  # the original error matters more
+        log.error("could not delete index %s: %s; delete it by hand", index, e)
