@@ -26,6 +26,7 @@ __all__ = [
     "RELEVANCE_BUCKETS",
     "PROMPT_TOKEN",
     "END_TOKEN",
+    "CONTEXT_TOKEN",
     "MARKER_TOKENS",
     "marker_token",
     "marker_positions",
@@ -40,6 +41,9 @@ LENGTH_MIN, LENGTH_MAX = 3, 40  # target length in words a caller may ask for
 RELEVANCE_BUCKETS = 5  # buckets 0..4, 4 = most relevant
 PROMPT_TOKEN = "<|prompt|>"  # separates the query from the generated prompt
 END_TOKEN = "<|end|>"  # ends a generated prompt
+# separates the query from its grounding context (catalogue neighbours' titles) in the input of
+# models trained with context: ``<command> query <|ctx|> title; title; ...<|prompt|>``
+CONTEXT_TOKEN = "<|ctx|>"
 
 
 def marker_token(remaining: int) -> str:
@@ -117,4 +121,4 @@ def command_tokens() -> list[str]:
     toks = [f"<|task={t}|>" for t in TASKS]
     toks += [f"<|len={n}|>" for n in range(LENGTH_MIN, LENGTH_MAX + 1)]
     toks += [f"<|rel={b}|>" for b in range(RELEVANCE_BUCKETS)]
-    return toks + [PROMPT_TOKEN, END_TOKEN, *MARKER_TOKENS]
+    return toks + [PROMPT_TOKEN, END_TOKEN, *MARKER_TOKENS, CONTEXT_TOKEN]

@@ -418,6 +418,7 @@ class TorchFallback:
                     raise ModelError(f"fallback model version {engine.version} is not "
                                      f"{self.version}")
                 self._fallback = engine
+            self._fallback.context = getattr(self, "context", None)  # the same input
         return self._fallback
 
     def rewrite_batch(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .commands import (END_TOKEN, LENGTH_MAX, MARKER_TOKENS, PROMPT_TOKEN, Command, count_words,
-                       marker_positions)
+from .commands import (CONTEXT_TOKEN, END_TOKEN, LENGTH_MAX, MARKER_TOKENS, PROMPT_TOKEN,
+                       Command, count_words, marker_positions)
 from .bans import NGRAM_BAN, Countdown, repeated_trigram_bans
 from .errors import ConfigError, ModelError
 from .model import RewriterMeta, load_model_dir
@@ -251,15 +251,23 @@ class RewriterBase:
         self._always_banned, self._word_start = token_classes(
             tokenizer, meta.command_tokens, self.end_id, n_rows,
             allowed=set(self.marker_ids.values()))
+        # query -> grounding context text, for models trained with context (meta.context_items)
+        self.context: Callable[[str], str] | None = None
 
     @property
     def version(self) -> str:
         return self.meta.version
 
     def encode_input(self, query: str, command: Command) -> list[int]:
-        """Token ids of ``<command><query><|prompt|>``, the model's input."""
+        """Token ids of ``<command><query><|prompt|>``, the model's input; models trained with
+        context read ``<command><query> <|ctx|> <context><|prompt|>``."""
         ids = self.tokenizer.convert_tokens_to_ids(command.tokens())
-        return ids + self.tokenizer.encode(" " + query) + [self.prompt_id]
+        text = " " + query
+        if getattr(self.meta, "context_items", 0) and self.context is not None:
+            ctx = " ".join(self.context(query).split())
+            if ctx:
+                text += f" {CONTEXT_TOKEN} {ctx}"
+        return ids + self.tokenizer.encode(text) + [self.prompt_id]
 
     def rewrite(self, query: str, task: str, length: int, relevance: int = 4, n: int = 1,
                 **kw) -> list[Rewrite]:

@@ -83,6 +83,9 @@ class RewriterMeta:
     command_tokens: list[str] = field(default_factory=command_tokens)
     marker_every: int = 0  # length markers where the words still to come are a multiple of this
     marker_tail: int = 0  # ... and before each of the last this many words; both 0: no markers
+    # catalogue neighbours' titles the input carries after <|ctx|> (0: the query alone); the
+    # server must give the engine a ``context`` function when this is > 0
+    context_items: int = 0
     format_version: int = FORMAT_VERSION
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 

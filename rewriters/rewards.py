@@ -149,12 +149,43 @@ def bucket_edges(scores: Sequence[float], n_buckets: int = RELEVANCE_BUCKETS) ->
     """Inner quantile edges splitting ``scores`` into ``n_buckets`` equally filled buckets.
 
     Returns n_buckets - 1 ascending edges; bucket b holds scores in [edge[b-1], edge[b]).
+    Where tied scores would leave a bucket empty (returns such as nDCG hold many exact 0.0 and
+    1.0), the edges are cut between distinct scores instead (:func:`_tied_edges`).
     """
     arr = np.asarray(scores, dtype=np.float64)
     if arr.size == 0:
         raise ConfigError("cannot compute relevance buckets from zero scored examples")
     qs = np.quantile(arr, [i / n_buckets for i in range(1, n_buckets)])
-    return [float(x) for x in qs]
+    if np.bincount(assign_buckets(arr, qs), minlength=n_buckets).all():
+        return [float(x) for x in qs]
+    return _tied_edges(arr, n_buckets)
+
+
+def _tied_edges(arr: np.ndarray, n_buckets: int) -> list[float]:
+    """Edges that keep tied scores together: the lowest score in bucket 0, the highest in the
+    top bucket, every bucket used when there are enough distinct scores.
+
+    With at least ``n_buckets`` distinct scores each edge is the distinct score whose count of
+    scores below it comes closest to an equal share of what the edges before left over. With
+    fewer, the distinct scores spread evenly over the buckets (two go to 0 and the top), and a
+    single score goes to the middle bucket: nothing ranks it above or below anything else.
+    """
+    values, counts = np.unique(arr, return_counts=True)
+    m, n = values.size, arr.size
+    below = np.concatenate([[0], np.cumsum(counts)[:-1]])  # scores below each distinct value
+    if m == 1:
+        mid, above = n_buckets // 2, float(np.nextafter(values[0], np.inf))
+        return [float(values[0])] * mid + [above] * (n_buckets - 1 - mid)
+    if m < n_buckets:
+        home = np.rint(np.arange(m) * (n_buckets - 1) / (m - 1)).astype(int)
+        return [float(values[np.argmax(home >= b)]) for b in range(1, n_buckets)]
+    cuts, prev = [], 0
+    for b in range(1, n_buckets):
+        lo, hi = prev + 1, m - n_buckets + b  # leave one distinct value per later bucket
+        target = below[prev] + (n - below[prev]) / (n_buckets - b + 1)
+        prev = lo + int(np.argmin(np.abs(below[lo : hi + 1] - target)))
+        cuts.append(float(values[prev]))
+    return cuts
 
 
 def assign_buckets(scores: Sequence[float] | np.ndarray, edges: Sequence[float]) -> np.ndarray:

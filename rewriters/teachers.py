@@ -19,6 +19,7 @@ import httpx
 
 from .commands import INTENTS, LENGTH_MAX, LENGTH_MIN, TASKS, check_task
 from .errors import ConfigError, TeacherError
+from .grounding import Grounder, GroundItem, ground_query
 
 __all__ = ["TeacherReply", "Teacher", "OpenAITeacher"]
 
@@ -82,6 +83,11 @@ Reply with only a JSON object and no other text: {"intent": "image|template|both
 [{"task": "image", "length": 12, "prompt": "..."}]} with exactly one item per request, in the \
 request order, copying each request's task and length."""
 
+# appended to _SYSTEM when the teacher has a grounder
+_GROUNDED = """
+When the request carries "context" (catalogue items this query finds), write in the catalogue's \
+vocabulary shown there while keeping the query's meaning."""
+
 _FEW_SHOT: list[tuple[dict[str, Any], dict[str, Any]]] = [
     (
         {"query": "golden retriever puppy on a beach", "intent": None,
@@ -110,9 +116,14 @@ class _Malformed(Exception):
     """The reply arrived but is not the JSON object we asked for (retried)."""
 
 
-def _user_message(query: str, intent: str | None, requests: list[tuple[str, int]]) -> str:
-    return json.dumps({"query": query, "intent": intent,
-                       "requests": [{"task": t, "length": n} for t, n in requests]})
+def _user_message(query: str, intent: str | None, requests: list[tuple[str, int]],
+                  context: list[GroundItem] | None = None) -> str:
+    msg: dict[str, Any] = {"query": query, "intent": intent,
+                           "requests": [{"task": t, "length": n} for t, n in requests]}
+    if context:
+        msg["context"] = [{"title": it.title, "tags": list(it.tags), "category": it.category}
+                          for it in context]
+    return json.dumps(msg)
 
 
 def _parse_content(content: Any, intent: str | None,
@@ -174,7 +185,8 @@ class OpenAITeacher:
 
     def __init__(self, base_url: str, model: str, api_key: str | None = None,
                  timeout_s: float = 30.0, max_retries: int = 4, backoff_s: float = 0.5,
-                 temperature: float = 0.9, client: httpx.AsyncClient | None = None):
+                 temperature: float = 0.9, client: httpx.AsyncClient | None = None,
+                 grounder: Grounder | None = None, grounding_k: int = 8):
         """Args:
             base_url: e.g. "http://localhost:8000/v1"; "/chat/completions" is appended.
             model: the served model name, sent as "model".
@@ -185,6 +197,10 @@ class OpenAITeacher:
             backoff_s: first backoff wait, doubled each retry, plus jitter (>= 0).
             temperature: sampling temperature sent to the endpoint.
             client: an httpx.AsyncClient to use (not closed by ``aclose``); one is made if None.
+            grounder: when set, each query's top ``grounding_k`` catalogue items for the first
+                requested task travel with it as "context", and the model is told to write in
+                their vocabulary.
+            grounding_k: catalogue items sent as context, >= 1.
         """
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             raise ConfigError(f"base_url {base_url!r} must start with http:// or https://")
@@ -193,6 +209,9 @@ class OpenAITeacher:
         if timeout_s <= 0 or max_retries < 0 or backoff_s < 0:
             raise ConfigError(f"need timeout_s > 0 (got {timeout_s}), max_retries >= 0 "
                               f"(got {max_retries}) and backoff_s >= 0 (got {backoff_s})")
+        if isinstance(grounding_k, bool) or not isinstance(grounding_k, int) or grounding_k < 1:
+            raise ConfigError(f"grounding_k {grounding_k!r} must be a whole number >= 1")
+        self.grounder, self.grounding_k = grounder, grounding_k
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key, self.timeout_s = model, api_key, timeout_s
         self.max_retries, self.backoff_s, self.temperature = max_retries, backoff_s, temperature
@@ -201,14 +220,16 @@ class OpenAITeacher:
         self._owns_client = client is None
         self._jitter = random.Random()
 
-    def messages(self, query: str, intent: str | None,
-                 requests: list[tuple[str, int]]) -> list[dict[str, str]]:
-        """The chat messages sent for one query: system, few-shot pairs, then the query."""
-        msgs = [{"role": "system", "content": _SYSTEM}]
+    def messages(self, query: str, intent: str | None, requests: list[tuple[str, int]],
+                 context: list[GroundItem] | None = None) -> list[dict[str, str]]:
+        """The chat messages sent for one query: system, few-shot pairs, then the query with its
+        grounding ``context`` (omitted when empty)."""
+        system = _SYSTEM + _GROUNDED if self.grounder is not None else _SYSTEM
+        msgs = [{"role": "system", "content": system}]
         for user, reply in _FEW_SHOT:
             msgs.append({"role": "user", "content": json.dumps(user)})
             msgs.append({"role": "assistant", "content": json.dumps(reply)})
-        msgs.append({"role": "user", "content": _user_message(query, intent, requests)})
+        msgs.append({"role": "user", "content": _user_message(query, intent, requests, context)})
         return msgs
 
     async def generate(self, query: str, intent: str | None,
@@ -225,8 +246,11 @@ class OpenAITeacher:
             are not enforced; the achieved length is measured downstream.
         """
         reqs = _check_requests(query, intent, requests)
+        context = None
+        if self.grounder is not None:
+            context = ground_query(self.grounder, query, reqs[0][0], self.grounding_k)
         body = {"model": self.model, "temperature": self.temperature,
-                "messages": self.messages(query, intent, reqs)}
+                "messages": self.messages(query, intent, reqs, context)}
         for attempt in range(self.max_retries + 1):
             reply, problem, retry_after = await self._attempt(body, query, intent, reqs)
             if reply is not None:

@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ class TrainConfig:
     eval_commands: int = 200  # held-out commands measured after each round; 20..10k
     marker_every: int = 3  # length markers where the words still to come are a multiple of this
     marker_tail: int = 3  # ... and before each of the last this many words; both 0: no markers
+    # grounding titles after <|ctx|> in the input (needs a ``context`` function); 0: none; 0..20
+    context_items: int = 0
     seed: int = 0  # seeds data split, sampling and initialisation
 
     def __post_init__(self) -> None:
@@ -264,6 +267,7 @@ def _plot_losses(curve: list[float], bounds: list[int], path: Path) -> None:
 def train_rewriter(
     examples: list[Example], scorer: Scorer, out_dir: str | Path, cfg: TrainConfig,
     tokenizer_source: str = BUILTIN_TOKENIZER, progress: bool = True,
+    context: Callable[[str], str] | None = None, vocab_texts: Sequence[str] = (),
 ) -> TrainResult:
     """Train (and, with ``cfg.rounds``, UDRL-improve) a rewriter and save its directory.
 
@@ -273,7 +277,14 @@ def train_rewriter(
         out_dir: model directory to write.
         cfg: training configuration.
         tokenizer_source: "builtin" GPT-2 files, or the pretrained base's own tokenizer.
+        context: query -> grounding context (catalogue neighbours' titles) for models trained
+            with ``cfg.context_items``; it must not see a training query's own clicks.
+        vocab_texts: texts whose tokens the output vocabulary must also cover (the catalogue's
+            and the queries' words), beyond the distilled prompts' tokens.
     """
+    if cfg.context_items and context is None:
+        raise ConfigError(f"context_items={cfg.context_items} needs a context function (the "
+                          "catalogue's neighbours); pass one or set context_items = 0")
     torch.manual_seed(cfg.seed)
     examples, out_of_range = _usable(list(examples))
     if out_of_range:
@@ -294,8 +305,10 @@ def train_rewriter(
                         model_config=asdict(cfg.model) if cfg.base_model == SCRATCH
                         else {"n_positions": model.config.n_positions},
                         bucket_edges=edges.to_json(), scorer=scorer.name, train_config=asdict(cfg),
-                        marker_every=cfg.marker_every, marker_tail=cfg.marker_tail)
+                        marker_every=cfg.marker_every, marker_tail=cfg.marker_tail,
+                        context_items=cfg.context_items)
     rewriter = Rewriter(model, tokenizer, meta)
+    rewriter.context = context if cfg.context_items else None
     n_pos = model.config.n_positions
     encoded, too_long = [], 0
     for e in train:
@@ -306,7 +319,10 @@ def train_rewriter(
             too_long += 1
     vocab_ids = remap = output_vocab = None
     if cfg.use_restricted_vocab:
-        output_vocab = sorted({t for seq, s in encoded for t in seq[s:]} | {rewriter.end_id})
+        extra = {t for text in vocab_texts for t in tokenizer.encode(" " + " ".join(text.split()))}
+        special = set(tokenizer.convert_tokens_to_ids(meta.command_tokens))
+        output_vocab = sorted({t for seq, s in encoded for t in seq[s:]} | {rewriter.end_id}
+                              | (extra - special))
         vocab_ids = torch.tensor(output_vocab)
         remap = torch.full((len(tokenizer),), -100, dtype=torch.long)
         remap[vocab_ids] = torch.arange(len(output_vocab))

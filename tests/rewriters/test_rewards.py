@@ -43,6 +43,46 @@ def test_thin_length_bands_are_merged():
     assert BucketEdges.fit([0.5] * 10, [7] * 10).starts == (7,)  # too few for more than one
 
 
+def test_tied_returns_still_fill_the_buckets():
+    """nDCG-like returns: most prompts find nothing (exactly 0.0), some find everything (1.0)."""
+    rng = np.random.default_rng(1)
+    spread = rng.uniform(0.01, 0.99, 300)
+    for zeros in (300, 500, 900):  # 90% zeros made plain quantile edges [0, 0, 0, 0]
+        scores = np.concatenate([np.zeros(zeros), np.ones(200), spread])
+        edges = bucket_edges(scores)
+        buckets = assign_buckets(scores, edges)
+        assert np.bincount(buckets, minlength=5).all(), (zeros, edges)  # every bucket used
+        assert set(buckets[scores == 0.0]) == {0} and set(buckets[scores == 1.0]) == {4}
+        order = np.argsort(scores, kind="stable")
+        assert np.all(np.diff(buckets[order]) >= 0)  # a higher return never gets a lower bucket
+    # 900 zeros and the spread: the zeros fill bucket 0, the rest share buckets 1-4 evenly
+    scores = np.concatenate([np.zeros(900), spread[:100]])
+    assert np.bincount(assign_buckets(scores, bucket_edges(scores))).tolist() == [900] + [25] * 4
+
+
+@pytest.mark.parametrize("scores, buckets", [
+    ([0.0] * 80 + [1.0] * 20, {0.0: 0, 1.0: 4}),  # two distinct returns: bottom and top
+    ([0.0] * 80 + [0.5] * 3 + [1.0] * 20, {0.0: 0, 0.5: 2, 1.0: 4}),  # three: spread evenly
+    ([0.0] * 100, {0.0: 2}),  # one: the middle bucket, neither good nor bad
+])
+def test_few_distinct_returns_spread_over_the_buckets(scores, buckets):
+    got = assign_buckets(scores, bucket_edges(scores))
+    assert {s: int(b) for s, b in zip(scores, got)} == buckets
+    # a constant band still ranks returns it has not seen: above goes up, below goes down
+    if len(buckets) == 1:
+        assert assign_buckets([-0.1, 0.1], bucket_edges(scores)).tolist() == [0, 4]
+
+
+def test_tied_returns_relabel_within_length_bands():
+    words = [5] * 200 + [30] * 200
+    scores = [0.0] * 150 + [1.0] * 50 + list(np.linspace(0, 1, 200))  # short prompts: all or none
+    edges = BucketEdges.fit(scores, words, bands=2)
+    buckets = edges.assign(scores, words)
+    assert set(buckets[:150]) == {0} and set(buckets[150:200]) == {4}
+    assert np.bincount(buckets[200:], minlength=5).tolist() == [40] * 5  # no ties: quantiles
+    assert BucketEdges.from_json(edges.to_json()) == edges
+
+
 def test_lexical_scorer_ranks_overlap_higher():
     s = LexicalScorer()
     got = s.score(["cozy cabin"] * 3, ["cozy cabin", "a cozy wooden cabin", "neon city at night"])

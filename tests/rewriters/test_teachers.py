@@ -20,6 +20,7 @@ from rewriters.commands import LENGTH_MAX, LENGTH_MIN, count_words
 from rewriters.errors import ConfigError, TeacherError
 from rewriters.queries import builtin_queries, load_vocab
 from rewriters.builtin_teacher import BuiltinTeacher, label_intent
+from rewriters.grounding import GroundItem, StaticGrounder
 from rewriters.teachers import OpenAITeacher, TeacherReply
 
 ALL_LENGTHS = range(LENGTH_MIN, LENGTH_MAX + 1)
@@ -390,3 +391,64 @@ def test_few_shot_examples_practise_what_they_preach():
         assert asked == got
         for p in reply["prompts"]:
             assert count_words(p["prompt"]) == p["length"], p
+
+
+# --------------------------------------------------------------------------- grounded OpenAI
+
+class RecordingGrounder(StaticGrounder):
+    def __init__(self, mapping):
+        super().__init__(mapping)
+        self.calls = []
+
+    def ground(self, query, task, k=20):
+        self.calls.append((query, task, k))
+        return super().ground(query, task, k)
+
+
+def test_openai_grounding_context_reaches_the_request_body():
+    items = [GroundItem("t1", "GitHub brand icon", tags=("logo", "octocat"), category="brands",
+                        weight=3.0, source="click"),
+             GroundItem("t2", "git branch", tags=("version control",), category="development",
+                        weight=2.0),
+             GroundItem("t3", "dog", tags=("pet",), category="animals", weight=0.5)]
+    grounder = RecordingGrounder({"github logo": items})
+    requests = [("template", 5), ("image", 4)]
+    bodies = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json=good(requests).body)
+
+    async def go(grounder):
+        transport = httpx.MockTransport(handler)
+        async with httpx.AsyncClient(transport=transport) as client:
+            teacher = OpenAITeacher("http://teacher.test/v1", "tiny-llm", client=client,
+                                    grounder=grounder, grounding_k=2)
+            return await teacher.generate("github logo", None, requests)
+
+    reply = run(go(grounder))
+    assert [t for t, _ in reply.prompts] == ["template", "image"]
+    assert grounder.calls == [("github logo", "template", 2)]  # once, for the first task
+    messages = bodies[0]["messages"]
+    last = json.loads(messages[-1]["content"])
+    assert last["query"] == "github logo"
+    assert last["context"] == [  # the top grounding_k items, strongest first
+        {"title": "GitHub brand icon", "tags": ["logo", "octocat"], "category": "brands"},
+        {"title": "git branch", "tags": ["version control"], "category": "development"}]
+    assert "catalogue's vocabulary" in messages[0]["content"]
+    # the few-shot turns carry no context, so the model sees it for the real query only
+    assert all("context" not in json.loads(m["content"]) for m in messages[1:-1])
+
+    # a query the catalogue knows nothing about goes without context
+    bodies.clear()
+    run(go(RecordingGrounder({})))
+    assert "context" not in json.loads(bodies[0]["messages"][-1]["content"])
+    # and a teacher without a grounder keeps the plain system prompt
+    bodies.clear()
+    run(go(None))
+    assert "catalogue" not in bodies[0]["messages"][0]["content"]
+
+
+def test_openai_rejects_bad_grounding_k():
+    with pytest.raises(ConfigError, match="grounding_k 0"):
+        OpenAITeacher("http://127.0.0.1:9/v1", "m", grounding_k=0)

@@ -163,3 +163,56 @@ def test_marker_positions_follow_the_scheme():
     assert marker_positions(12, 5, 0) == {2: 10, 7: 5}
     assert marker_positions(4, 1, 0) == {1: 3, 2: 2, 3: 1}
     assert marker_positions(3, 0, 0) == {} and marker_positions(1, 5, 4) == {}
+
+
+@pytest.fixture(scope="module")
+def trained_with_context(tmp_path_factory):
+    # every query reads the same two catalogue titles as its context; "zanzibar" and
+    # "quokka" occur only there and in vocab_texts, never in a distilled prompt
+    seen: list[str] = []
+
+    def context(query: str) -> str:
+        seen.append(query)
+        return "zanzibar lantern; quokka badge"
+
+    cfg = TrainConfig(model=MODEL_PRESETS["tiny"], steps=20, batch_size=8, eval_commands=20,
+                      warmup_steps=5, context_items=2)
+    out = tmp_path_factory.mktemp("trained-ctx")
+    result = train_rewriter(make_examples(40), LexicalScorer(), out, cfg, progress=False,
+                            context=context, vocab_texts=["zanzibar lantern", "quokka badge"])
+    return result, seen
+
+
+def test_context_is_read_after_the_ctx_token_and_saved_in_the_meta(trained_with_context):
+    result, seen = trained_with_context
+    assert seen  # the training inputs asked for it
+    meta = json.loads((result.model_dir / "udrl.json").read_text())
+    assert meta["context_items"] == 2
+    rw = load_rewriter(result.model_dir)
+    rw.context = lambda q: "zanzibar lantern"
+    ids = rw.encode_input("red cabin", rw_command())
+    text = rw.tokenizer.decode(ids)
+    assert text.endswith("red cabin <|ctx|> zanzibar lantern<|prompt|>")
+    rw.context = None  # no grounding given: the query alone
+    assert "<|ctx|>" not in rw.tokenizer.decode(rw.encode_input("red cabin", rw_command()))
+
+
+def test_output_vocabulary_covers_catalogue_words(trained_with_context):
+    result, _ = trained_with_context
+    rw = load_rewriter(result.model_dir)
+    vocab = set(json.loads((result.model_dir / "output_vocab.json").read_text()))
+    for word in (" zanzibar", " quokka", " lantern"):
+        assert set(rw.tokenizer.encode(word)) <= vocab, word
+
+
+def test_context_items_without_a_context_function_is_refused(tmp_path):
+    cfg = TrainConfig(model=MODEL_PRESETS["tiny"], steps=5, batch_size=8, eval_commands=20,
+                      warmup_steps=1, context_items=3)
+    with pytest.raises(ConfigError, match="context function"):
+        train_rewriter(make_examples(40), LexicalScorer(), tmp_path, cfg, progress=False)
+
+
+def rw_command():
+    from rewriters.commands import Command
+
+    return Command("template", 6, 4)
