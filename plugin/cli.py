@@ -53,9 +53,10 @@ def _print_json(obj: Any) -> None:
 @app.command()
 def distill(
     ctx: typer.Context,
-    queries: Optional[Path] = typer.Option(None, help="Seed queries, one per line (TAB intent)."),
+    queries: Optional[Path] = typer.Option(
+        None, help="Query log (query<TAB>clicked_id) or seed queries (query[<TAB>intent])."),
     builtin_queries: Optional[int] = typer.Option(None, help="Use N builtin-generated queries."),
-    teacher: Optional[str] = typer.Option(None, help="builtin | openai"),
+    teacher: Optional[str] = typer.Option(None, help="auto | catalog | builtin | openai"),
     base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible endpoint URL."),
     model: Optional[str] = typer.Option(None, help="Teacher model name."),
     per_task: Optional[int] = typer.Option(None, help="Prompts per query and task."),
@@ -276,12 +277,17 @@ def index_templates(
     backend: Optional[str] = typer.Option(None, help="tantivy | elasticsearch"),
     es_url: Optional[str] = typer.Option(None, help="Elasticsearch URL."),
     rejects: Optional[Path] = typer.Option(None, help="Rejects file."),
+    log: Optional[Path] = typer.Option(None, "--log", help="Query log: 'query<TAB>clicked_id' "
+                                       "lines; each template is expanded with its clicks."),
+    dense: Optional[bool] = typer.Option(None, "--dense/--no-dense",
+                                         help="Build the dense (MiniLM) channel."),
 ) -> None:
     """Build a new template index version and switch to it atomically (alias swap on ES)."""
     from .jobs import index_templates_job
 
-    s = _settings(ctx, **{"index.template_backend": backend, "index.es_url": es_url})
-    _print_json(index_templates_job(s, source, rejects=rejects))
+    s = _settings(ctx, **{"index.template_backend": backend, "index.es_url": es_url,
+                          "index.dense": dense})
+    _print_json(index_templates_job(s, source, rejects=rejects, log=log))
 
 
 from . import cli_serving  # noqa: E402  (commands that need `app`)

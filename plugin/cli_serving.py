@@ -114,7 +114,7 @@ def catalog(
 
 def demo(ctx: typer.Context, k: int = typer.Option(3, "-k", help="Results shown per task.")) -> None:
     """Run a handful of queries through the whole pipeline and print a table."""
-    from .demo import NEXT_STEPS, format_results, run_demo_queries
+    from .demo import NEXT_STEPS, format_results, prompt_similarity, run_demo_queries
     from .hook import load_pipeline
 
     s = _settings(ctx)
@@ -124,6 +124,9 @@ def demo(ctx: typer.Context, k: int = typer.Option(3, "-k", help="Results shown 
     finally:
         pipe.close()
     typer.echo(format_results(results, top=k))
+    sim = prompt_similarity(results, pipe.text_encoder)
+    typer.echo(f"\nmean similarity of the {sim['prompts']} model-written prompts to their "
+               f"queries (MiniLM cosine): {sim['mean']:.3f}")
     routed = {t for r in results for t in r.rewrite.tasks}
     found = sum(bool(m.results) for r in results for m in r.modalities)
     typer.echo(f"\n{len(results)} queries; tasks routed: {', '.join(sorted(routed))}; "
@@ -138,7 +141,8 @@ def evaluate(
     queries: Path = typer.Argument(..., help="Queries: TSV (qid<TAB>query) or JSONL."),
     qrels: Path = typer.Argument(..., help="Graded qrels in TREC format."),
     task: str = typer.Option("template", help="Index to evaluate: image | template."),
-    modes: str = typer.Option("raw,rewrite,fused", help="Comma-separated: raw, rewrite, fused."),
+    modes: str = typer.Option("auto", help="Comma-separated: raw, dense, rewrite, hybrid (raw + "
+                              "dense), fused (all three); auto: every mode the index has."),
     command: list[str] = typer.Option([], "--command",
                                       help="Extra rewrite command LENGTH[:RELEVANCE]; repeatable."),
     k: int = typer.Option(100, "-k", help="Run depth (hits per query)."),
@@ -160,12 +164,13 @@ def evaluate(
     cfg = EvalConfig(k=k, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
                      stat_test=stat_test)
     qs, judged = read_eval_queries(queries), read_qrels(qrels)
-    mode_list = [m.strip() for m in modes.split(",") if m.strip()]
+    mode_list = (None if modes.strip() == "auto"
+                 else [m.strip() for m in modes.split(",") if m.strip()])
     out_dir = out or s.reports_dir / f"eval-{task}"
     pipe = load_pipeline(s)
     try:
         report = eval_retrieval(pipe, qs, judged, task, out_dir, mode_list, command, cfg,
-                                None if no_relevance else make_scorer(s))
+                                None if no_relevance else make_scorer(s, "minilm"))
     finally:
         pipe.close()
     from .retrieval_eval import markdown_report

@@ -39,7 +39,9 @@ DEFAULT_CONFIG_FILE = "udrl.toml"
 class TeacherSettings(BaseModel):
     """Where distilled data comes from."""
 
-    kind: Literal["builtin", "openai"] = "builtin"  # builtin: offline composer; openai: an LLM
+    # catalog: offline, grounded in the workspace's indexes and query log; builtin: offline
+    # composer of its own vocabulary; openai: an LLM; auto: catalog when an index exists
+    kind: Literal["auto", "catalog", "builtin", "openai"] = "auto"
     base_url: str = "http://localhost:8000/v1"  # OpenAI-compatible endpoint (vLLM, Ollama, ...)
     model: str = "meta-llama/Meta-Llama-3-8B-Instruct"  # model name the endpoint serves
     api_key: SecretStr | None = None  # Bearer token, if the endpoint needs one
@@ -66,6 +68,9 @@ class TrainSettings(BaseModel):
     eval_commands: int = Field(200, ge=10)
     marker_every: int = Field(3, ge=0, le=39)  # length markers <|r=k|> where k % this == 0 ...
     marker_tail: int = Field(3, ge=0, le=39)  # ... and before each of the last this many words
+    # catalogue neighbours' titles the rewriter reads after <|ctx|> (dense channel's top items;
+    # training queries see them without their own clicks); 0: the query alone
+    context_items: int = Field(0, ge=0, le=20)
     export: Literal["int8", "int8_float32", "float32", "none"] = "int8"  # CTranslate2 export
     # ONNX Runtime export; int4: fastest at batch 1, int8: fastest under batching
     export_onnx: Literal["int8", "int4", "float32", "none"] = "int8"
@@ -107,6 +112,12 @@ class IndexSettings(BaseModel):
     es_url: str | None = None  # Elasticsearch URL for the elasticsearch backend
     es_alias: str = "udrl-templates"  # alias searches use; versions live behind it
     es_api_key: SecretStr | None = None
+    # build (and search) the dense channel: sentence embeddings of every template and of the
+    # logged queries that clicked it (FAISS beside tantivy; a kNN field on Elasticsearch)
+    dense: bool = True
+    text_model: str | None = None  # sentence-transformers dir/name (default: shipped MiniLM)
+    # with a query log: fit the fusion weights on held-out logged queries at build time
+    fit_fusion: bool = True
 
     @property
     def pretrained(self) -> str | None:
@@ -117,10 +128,19 @@ class PipelineSettings(BaseModel):
     """Query -> intent -> rewrite -> retrieval (``plugin.pipeline``)."""
 
     k: int = Field(10, ge=1, le=1000)  # results per modality
-    fusion: bool = True  # fuse raw-query and rewritten-query results (RRF); False: rewrite only
+    fusion: bool = True  # fuse the raw, dense and rewrite channels (RRF); False: rewrite only
     rrf_k: int = Field(60, ge=1)  # RRF constant
     raw_weight: float = Field(1.0, ge=0)  # RRF weight of the raw-query list
-    rewrite_weight: float = Field(1.0, ge=0)  # RRF weight of the rewritten-query list
+    # added to the raw weight per unit of coverage (share of the query's words in its top hits)
+    coverage_weight: float = Field(0.0, ge=0)
+    coverage_floor: float = Field(0.0, ge=0, lt=1)  # coverage at or below which nothing is added
+    dense_weight: float = Field(1.0, ge=0)  # RRF weight of the dense (embedding) list
+    # RRF weight of a rewrite as close to the query as can be; it falls linearly to 0 at
+    # rewrite_floor (embedding cosine of prompt and query), below which the rewrite is dropped
+    rewrite_weight: float = Field(1.0, ge=0)
+    rewrite_floor: float = Field(0.5, ge=0, lt=1)
+    # use the raw/coverage/dense/rrf_k weights fitted on the training log at index time
+    fitted_fusion: bool = True
     # first try; retries sample. Greedy: deterministic (so cacheable), and more relevant than
     # sampled output in every measured run (docs/results.md)
     decoding: Literal["sample", "greedy", "beam"] = "greedy"
@@ -156,7 +176,10 @@ class Settings(BaseSettings):
     workspace: Path = Path("udrl-work")  # root for data, models and indexes
     queries_file: Path | None = None  # seed queries (one per line, optional TAB intent)
     builtin_queries: int = Field(1500, ge=1)  # queries from the builtin generator otherwise
-    scorer: Literal["minilm", "lexical"] = "minilm"  # relevance scorer for relabelling
+    # the return prompts are relabelled with: retrieval (nDCG@10 of what the prompt finds
+    # against the query's clicks or grounding set), minilm (similarity to the query), lexical;
+    # auto: retrieval when a catalogue index exists, else minilm
+    scorer: Literal["auto", "retrieval", "minilm", "lexical"] = "auto"
     scorer_model: str | None = None  # sentence-transformers dir/name (default: shipped MiniLM)
     device: str = "cpu"  # torch device for models
     teacher: TeacherSettings = TeacherSettings()

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 from .pipeline import Pipeline, SearchResult
 
-__all__ = ["DEMO_QUERIES", "run_demo_queries", "format_results", "NEXT_STEPS"]
+__all__ = ["DEMO_QUERIES", "run_demo_queries", "format_results", "prompt_similarity",
+           "NEXT_STEPS"]
 
 DEMO_QUERIES = (
     "cozy cabin in the snow",
@@ -51,6 +52,19 @@ def run_demo_queries(pipeline: Pipeline, queries: Sequence[str] = DEMO_QUERIES,
                      k: int = 5) -> list[SearchResult]:
     """Search every query (generous deadline: the demo shows what the model writes)."""
     return [pipeline.search(q, k=k, deadline_ms=60_000) for q in queries]
+
+
+def prompt_similarity(results: Sequence[SearchResult], encoder) -> dict[str, float | int]:
+    """Mean embedding cosine of each model-written prompt to its query (does it keep the
+    query's meaning?) over the prompts that did not fall back to the raw query."""
+    import numpy as np
+
+    pairs = [(r.query, p.prompt) for r in results for p in r.rewrite.prompts if p.path != "raw"]
+    if not pairs or encoder is None:
+        return {"prompts": len(pairs), "mean": float("nan")}
+    q = encoder.encode([a for a, _ in pairs])
+    p = encoder.encode([b for _, b in pairs])
+    return {"prompts": len(pairs), "mean": float(np.mean((q * p).sum(axis=1)))}
 
 
 NEXT_STEPS = """\

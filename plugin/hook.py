@@ -23,6 +23,7 @@ from indexers.errors import IndexStoreError
 from rewriters.errors import ModelError
 
 from .config import Settings, load_settings
+from .jobs import make_text_encoder
 from .pipeline import Pipeline, RewriteResult, SearchResult
 
 __all__ = ["RewriteHook", "load_pipeline", "load_engine"]
@@ -30,7 +31,7 @@ __all__ = ["RewriteHook", "load_pipeline", "load_engine"]
 log = logging.getLogger(__name__)
 
 
-def load_engine(settings: Settings):
+def load_engine(settings: Settings, template_index=None):
     """The rewriter engine the settings ask for (``pipeline.engine``: auto | onnx | ctranslate2 |
     torch; auto serves the ONNX Runtime export when it is current, else the CTranslate2 one,
     else PyTorch).
@@ -43,8 +44,25 @@ def load_engine(settings: Settings):
     path = settings.model_dir
     if not path.is_dir():
         raise ModelError(f"no rewriter at {path}; train one with `udrl train`")
-    return load(path, engine=settings.pipeline.engine, device=settings.device,
-                batch_size=settings.generation.batch_size)
+    engine = load(path, engine=settings.pipeline.engine, device=settings.device,
+                  batch_size=settings.generation.batch_size)
+    if template_index is None and getattr(getattr(engine, "meta", None), "context_items", 0):
+        template_index = open_indexes(settings, clip=False)[0]
+    return attach_context(engine, template_index)
+
+
+def attach_context(engine, template_index):
+    """Give a model trained with context (``meta.context_items``) its grounding: the titles of
+    the template index's dense top items. Without a dense channel it reads the query alone."""
+    m = getattr(getattr(engine, "meta", None), "context_items", 0)
+    if m and template_index is not None and template_index.has_dense:
+        from .grounding import ServingContext
+
+        engine.context = ServingContext(template_index, m)
+    elif m:
+        log.warning("the rewriter was trained with catalogue context but no template index "
+                    "with a dense channel is loaded; it reads the query alone")
+    return engine
 
 
 def _image_side(settings: Settings):
@@ -61,6 +79,20 @@ def _image_side(settings: Settings):
     return load_image_index(root, encoder.name, encoder.dim), encoder
 
 
+def open_indexes(settings: Settings, clip: bool = True):
+    """(template index or None, image index or None) of the workspace; ``clip=False`` opens
+    the image index for its metadata only, without loading the CLIP encoder."""
+    image = _image_side(settings)[0] if clip else None
+    if not clip and settings.image_index_dir.is_dir():
+        from indexers.images import load_image_index
+
+        try:
+            image = load_image_index(settings.image_index_dir)
+        except IndexStoreError as e:
+            log.warning("image index unusable, left out: %s", e)
+    return _template_side(settings), image
+
+
 def _template_side(settings: Settings):
     from indexers.templates import open_template_index
 
@@ -70,16 +102,23 @@ def _template_side(settings: Settings):
             log.warning("no template index at %s; template search is off (build one with "
                         "`udrl index templates`)", settings.template_index_dir)
             return None
-        return open_template_index("tantivy", root=settings.template_index_dir)
+        return open_template_index("tantivy", root=settings.template_index_dir,
+                                   encoder=make_text_encoder(settings))
     from indexers.es_schema import EsSettings
 
     if not ix.es_url:
         raise IndexStoreError("index.template_backend is elasticsearch but index.es_url is "
                               "not set; set UDRL_INDEX__ES_URL")
+    from indexers.errors import EncoderMismatchError
+
     key = ix.es_api_key.get_secret_value() if ix.es_api_key else None
-    return open_template_index("elasticsearch",
-                               settings=EsSettings(hosts=ix.es_url, alias=ix.es_alias,
-                                                   api_key=key))
+    es = EsSettings(hosts=ix.es_url, alias=ix.es_alias, api_key=key)
+    try:  # the dense channel is fused by the pipeline, so `search` stays BM25-only
+        return open_template_index("elasticsearch", settings=es,
+                                   encoder=make_text_encoder(settings), hybrid=False)
+    except EncoderMismatchError as e:
+        log.warning("template index opened without its dense channel: %s", e)
+        return open_template_index("elasticsearch", settings=es, hybrid=False)
 
 
 def load_pipeline(settings: Settings, rewriter=None, indexes: bool = True,
@@ -96,7 +135,6 @@ def load_pipeline(settings: Settings, rewriter=None, indexes: bool = True,
     """
     from rewriters.intent import load_intent_detector
 
-    rewriter = rewriter or load_engine(settings)
     intent = None
     if settings.intent_dir.is_dir():
         intent = load_intent_detector(settings.intent_dir)
@@ -107,8 +145,14 @@ def load_pipeline(settings: Settings, rewriter=None, indexes: bool = True,
             update={"pipeline": settings.pipeline.model_copy(update={"cache_size": 0})})
     image_index, encoder = _image_side(settings) if indexes else (None, None)
     template_index = _template_side(settings) if indexes else None
+    if rewriter is None:
+        rewriter = load_engine(settings, template_index)
+    elif template_index is not None:
+        attach_context(rewriter, template_index)
+    text_encoder = make_text_encoder(settings) if indexes else None
     pipe = Pipeline(rewriter, intent, settings, image_index=image_index, image_encoder=encoder,
-                    template_index=template_index, load_precomputed=precomputed)
+                    template_index=template_index, text_encoder=text_encoder,
+                    load_precomputed=precomputed)
     return pipe
 
 

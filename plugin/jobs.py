@@ -29,35 +29,96 @@ __all__ = [
     "index_images_job",
     "merge_images_job",
     "index_templates_job",
+    "make_text_encoder",
 ]
 
 log = logging.getLogger(__name__)
 
 
-def make_scorer(settings: Settings) -> Scorer:
-    """The relevance scorer the settings name."""
-    return load_scorer(settings.scorer, settings.scorer_model)
+def _has_catalogue(settings: Settings) -> bool:
+    return settings.template_index_dir.is_dir() or settings.image_index_dir.is_dir() or (
+        settings.index.template_backend == "elasticsearch" and bool(settings.index.es_url))
 
 
-def make_teacher(settings: Settings):
-    """The teacher the settings name (builtin offline composer or an OpenAI-compatible LLM)."""
+def make_scorer(settings: Settings, kind: str | None = None, grounder=None) -> Scorer:
+    """The return scorer the settings name (``kind`` overrides): ``retrieval`` (nDCG@10 of what
+    a prompt retrieves against the query's clicks or grounding set), ``minilm`` (similarity of
+    prompt and query) or ``lexical``; ``auto`` is retrieval when a catalogue index exists."""
+    kind = kind or settings.scorer
+    if kind == "auto":
+        kind = "retrieval" if _has_catalogue(settings) else "minilm"
+    if kind != "retrieval":
+        return load_scorer(kind, settings.scorer_model)
+    from rewriters.retrieval_return import RetrievalScorer
+
+    from .grounded_jobs import open_grounder
+
+    grounder = grounder or open_grounder(settings, _log_of(settings))
+    if grounder is None or grounder.template_index is None:
+        raise ModelError("the retrieval return needs a template index; build one with `udrl "
+                         "index templates`, or set scorer = \"minilm\"")
+    return RetrievalScorer(grounder.search_prompts, grounder.targets)
+
+
+def _log_of(settings: Settings):
+    """The query log named by ``queries_file``, else the one `udrl distill` kept in the
+    workspace (None for a seed file or no log)."""
+    from .grounded_jobs import read_query_source
+
+    path = settings.queries_file or settings.workspace / WORKSPACE_LOG
+    if settings.queries_file is None and not path.is_file():
+        return None
+    return read_query_source(path)[1]
+
+
+WORKSPACE_LOG = "query_log.tsv"  # the log distillation used, kept for train and eval
+
+
+def make_teacher(settings: Settings, grounder=None):
+    """The teacher the settings name: ``catalog`` (grounded in the workspace's indexes and the
+    query log; ``auto`` picks it whenever a catalogue index exists), ``builtin`` (offline
+    composer of its own vocabulary) or ``openai`` (an OpenAI-compatible LLM, given the catalogue
+    neighbours as context when an index exists)."""
     from rewriters.builtin_teacher import BuiltinTeacher
     from rewriters.teachers import OpenAITeacher
 
+    from .grounded_jobs import open_grounder
+
     t = settings.teacher
-    if t.kind == "builtin":
+    kind = t.kind
+    if kind == "auto":
+        kind = "catalog" if _has_catalogue(settings) else "builtin"
+    if kind == "builtin":
         return BuiltinTeacher(seed=t.seed)
+    grounder = grounder or open_grounder(settings, _log_of(settings))
+    if kind == "catalog":
+        from rewriters.catalog_teacher import CatalogTeacher, document_frequencies
+        from rewriters.grounding import GroundItem
+
+        if grounder is None:
+            raise ModelError("the catalog teacher needs an index; build one with `udrl index "
+                             "templates` (or `udrl index images`), or use --teacher builtin")
+        docs = grounder.template_index.documents() if grounder.template_index else []
+        df, n = document_frequencies([GroundItem(id=d.id, title=d.title, tags=tuple(d.tags),
+                                                 category=d.category) for d in docs])
+        return CatalogTeacher(grounder, vocabulary_df=df or None, n_docs=n or None)
     key = t.api_key.get_secret_value() if t.api_key else None
     return OpenAITeacher(base_url=t.base_url, model=t.model, api_key=key, timeout_s=t.timeout_s,
-                         max_retries=t.max_retries)
+                         max_retries=t.max_retries, grounder=grounder)
 
 
 def load_query_specs(settings: Settings):
-    """Seed queries from the settings' file, or the builtin generator."""
-    from rewriters.queries import builtin_queries, read_queries
+    """Seed queries from the settings' file (a query log or a seed file); with none, pseudo-
+    queries drawn from the catalogue for the catalog teacher, else the builtin generator."""
+    from rewriters.queries import builtin_queries
+
+    from .grounded_jobs import catalogue_queries, read_query_source
 
     if settings.queries_file is not None:
-        return read_queries(settings.queries_file)
+        return read_query_source(settings.queries_file)[0]
+    kind = settings.teacher.kind
+    if kind == "catalog" or (kind == "auto" and _has_catalogue(settings)):
+        return catalogue_queries(settings, settings.builtin_queries, settings.teacher.seed)
     return builtin_queries(settings.builtin_queries, seed=settings.teacher.seed)
 
 
@@ -78,15 +139,45 @@ def distill_job(settings: Settings, progress: bool = True, score: bool = True) -
 
     from rewriters.distill import DistillConfig, run_distill
 
+    from .grounded_jobs import open_grounder
+
     specs = load_query_specs(settings)
-    teacher = make_teacher(settings)
+    qlog = _log_of(settings)
+    if qlog is not None and settings.queries_file is not None:  # kept for train's returns
+        import shutil
+
+        settings.workspace.mkdir(parents=True, exist_ok=True)
+        kept = settings.workspace / WORKSPACE_LOG
+        if settings.queries_file.resolve() != kept.resolve():
+            shutil.copyfile(settings.queries_file, kept)
+    grounder = open_grounder(settings, qlog) if _has_catalogue(settings) else None
+    teacher = make_teacher(settings, grounder)
     cfg = DistillConfig(prompts_per_task=settings.teacher.prompts_per_task,
                         concurrency=settings.teacher.concurrency, seed=settings.teacher.seed)
     report = asdict(run_distill(specs, teacher, settings.data_path, cfg, progress=progress))
-    report["out"] = str(settings.data_path)
+    report.update(out=str(settings.data_path), teacher=teacher.name, queries=len(specs))
     if score:
-        report["relabel"] = relabel_file(settings.data_path, make_scorer(settings), progress)
+        scorer = make_scorer(settings, grounder=grounder)
+        report["relabel"] = relabel_file(settings.data_path, scorer, progress)
+        report["returns"] = compare_returns(settings, scorer)
     return report
+
+
+def compare_returns(settings: Settings, scorer: Scorer, sample: int = 2000) -> dict[str, Any]:
+    """Both returns side by side on (a seeded sample of) the relabelled examples: the one used
+    for the buckets and the similarity of prompt and query (MiniLM)."""
+    import random
+
+    from rewriters.retrieval_return import describe_returns
+
+    examples = read_examples(settings.data_path).examples
+    if scorer.name == "minilm" or not examples:
+        return {"used": scorer.name}
+    pick = random.Random(0).sample(examples, min(sample, len(examples)))
+    sim = load_scorer("minilm", settings.scorer_model).score([e.query for e in pick],
+                                                              [e.prompt for e in pick])
+    return {"used": scorer.name, "sample": len(pick),
+            **describe_returns(sim, [e.relevance for e in pick])}
 
 
 def _train_config(settings: Settings):
@@ -99,7 +190,7 @@ def _train_config(settings: Settings):
         batch_size=t.batch_size, lr=t.lr, warmup_steps=min(t.warmup_steps, t.steps),
         held_out=t.held_out, rounds=t.rounds, round_steps=t.round_steps,
         explore_per_round=t.explore_per_round, eval_commands=t.eval_commands, seed=t.seed,
-        marker_every=t.marker_every, marker_tail=t.marker_tail,
+        marker_every=t.marker_every, marker_tail=t.marker_tail, context_items=t.context_items,
     )
 
 
@@ -108,13 +199,47 @@ def train_job(settings: Settings, progress: bool = True):
     from rewriters.train import train_rewriter
 
     loaded = read_examples(settings.data_path)
-    result = train_rewriter(loaded.examples, make_scorer(settings), settings.model_dir,
-                            _train_config(settings), progress=progress)
+    cfg = _train_config(settings)
+    context, vocab = _catalogue_inputs(settings, loaded.examples, cfg)
+    if context is None and cfg.context_items:
+        from dataclasses import replace
+
+        cfg = replace(cfg, context_items=0)
+    result = train_rewriter(loaded.examples, make_scorer(settings), settings.model_dir, cfg,
+                            progress=progress, context=context, vocab_texts=vocab)
     if settings.train.export_onnx != "none":
         result.metrics["onnx"] = str(export_job(settings, settings.train.export_onnx, "onnx"))
     if settings.train.export != "none":
         result.metrics["ctranslate2"] = str(export_job(settings, settings.train.export))
     return result
+
+
+def _catalogue_inputs(settings: Settings, examples, cfg):
+    """(training context function or None, texts the output vocabulary must cover) from the
+    workspace's template index: its titles, tags and categories, and the queries."""
+    from .hook import open_indexes
+
+    index = open_indexes(settings, clip=False)[0] if settings.template_index_dir.is_dir() or (
+        settings.index.template_backend == "elasticsearch" and settings.index.es_url) else None
+    queries = sorted({e.query for e in examples})
+    vocab = list(queries)
+    if index is None:
+        if cfg.context_items:
+            log.warning("no template index: training without context (context_items = 0)")
+        return None, vocab
+    vocab += [" ".join([d.title, d.category, *d.tags]) for d in index.documents()]
+    if not cfg.context_items:
+        return None, vocab
+    if not index.has_dense:
+        log.warning("the template index has no dense channel: training without context")
+        return None, vocab
+    from .grounding import ServingContext, training_contexts
+
+    log.info("grounding contexts for %d training queries (leave-fold-out)", len(queries))
+    known = training_contexts(index, _log_of(settings), make_text_encoder(settings), queries,
+                              cfg.context_items, seed=cfg.seed)
+    serve = ServingContext(index, cfg.context_items)
+    return (lambda q: known[q] if q in known else serve(q)), vocab
 
 
 EXPORT_ENGINES = ("onnx", "ctranslate2")
@@ -236,14 +361,34 @@ def merge_images_job(settings: Settings, progress: bool = True) -> dict[str, Any
     return merge_images(None, settings.image_index_dir, progress=progress)
 
 
+def make_text_encoder(settings: Settings):
+    """The dense channel's sentence encoder (one shared instance per process), or None when
+    ``index.dense`` is off."""
+    if not settings.index.dense:
+        return None
+    from indexers.dense import load_text_encoder
+
+    return load_text_encoder(settings.index.text_model, settings.device)
+
+
 def index_templates_job(settings: Settings, source: Path, rejects: Path | None = None,
-                        progress: bool = True) -> dict[str, Any]:
-    """Build a new template-index version from a catalogue and switch to it atomically."""
+                        log: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Build a new template-index version from a catalogue (expanded with the query log's
+    clicks, with a dense channel and fusion weights fitted on the log) and switch to it
+    atomically."""
     from indexers.reindex import TemplateReindexConfig, reindex_templates
+
+    from .fusion_fit import fit_fusion
 
     ix = settings.index
     key = ix.es_api_key.get_secret_value() if ix.es_api_key else None
     cfg = TemplateReindexConfig(source=source, backend=ix.template_backend,
                                 root=settings.template_index_dir, es_url=ix.es_url,
-                                alias=ix.es_alias, api_key=key, rejects_path=rejects)
-    return reindex_templates(cfg, progress=progress)
+                                alias=ix.es_alias, api_key=key, rejects_path=rejects,
+                                log_path=log)
+    encoder = make_text_encoder(settings)
+
+    def fit(records, qlog):
+        return fit_fusion(records, qlog, encoder, progress=progress) if ix.fit_fusion else None
+
+    return reindex_templates(cfg, encoder=encoder, progress=progress, fit=fit)

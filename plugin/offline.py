@@ -9,6 +9,7 @@ the same function as ``udrl eval-rewriter`` (``rewriters.evaluate.rewrite_qualit
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Sequence
@@ -20,7 +21,10 @@ from rewriters.errors import ConfigError
 
 from .pipeline import RETRIEVAL_MODES, Pipeline, RewriteResult
 
-__all__ = ["precompute_rewrites", "eval_retrieval", "parse_command_spec"]
+__all__ = ["precompute_rewrites", "eval_retrieval", "default_modes", "leaked_queries",
+           "parse_command_spec"]
+
+log = logging.getLogger(__name__)
 
 
 def precompute_rewrites(pipeline: Pipeline, queries: Sequence[str], target,
@@ -69,15 +73,29 @@ def parse_command_spec(spec: str) -> tuple[int, int | None]:
     return length, rel
 
 
+def default_modes(pipeline: Pipeline, task: str) -> list[str]:
+    """raw, dense and hybrid (when the index has a dense channel), rewrite, fused."""
+    dense = task == "template" and getattr(pipeline.template_index, "has_dense", False)
+    return [m for m in RETRIEVAL_MODES if dense or m not in ("dense", "hybrid")]
+
+
+def leaked_queries(pipeline: Pipeline, task: str, queries) -> list[str]:
+    """Evaluation queries that the index's query log holds (their clicks are in the index)."""
+    index = pipeline.template_index if task == "template" else None
+    logged = index.logged_queries() if index is not None else set()
+    return [q.qid for q in queries if " ".join(q.query.split()).casefold() in logged]
+
+
 def eval_retrieval(pipeline: Pipeline, queries, qrels, task: str, out_dir: Path,
-                   modes: Sequence[str] = RETRIEVAL_MODES, commands: Sequence[str] = (),
+                   modes: Sequence[str] | None = None, commands: Sequence[str] = (),
                    cfg=None, scorer=None, progress: bool = True) -> dict[str, Any]:
     """Search every query in every mode, score with ranx, and report rewrite quality.
 
     Args:
         queries, qrels: from ``plugin.trec.read_eval_queries`` / ``read_qrels``.
         task: which index to evaluate ("image" or "template"); doc ids are its ids.
-        modes: any of raw, rewrite, fused; the first is the baseline of the tests.
+        modes: any of raw, dense, rewrite, hybrid, fused (None: :func:`default_modes`); the
+            first is the baseline of the tests.
         commands: extra rewrite commands, each ``LENGTH[:RELEVANCE]``; each adds the modes
             ``rewrite@len=L.rel=R`` and ``fused@len=L.rel=R``.
         cfg: ``retrieval_eval.EvalConfig`` (depth, metrics, test).
@@ -88,10 +106,17 @@ def eval_retrieval(pipeline: Pipeline, queries, qrels, task: str, out_dir: Path,
 
     if task not in ("image", "template"):
         raise ConfigError(f"unknown task {task!r}; allowed: image, template")
+    modes = default_modes(pipeline, task) if modes is None else list(modes)
     bad = [m for m in modes if m not in RETRIEVAL_MODES]
     if bad or not modes:
         raise ConfigError(f"unknown mode(s) {bad}; allowed: {', '.join(RETRIEVAL_MODES)}")
     cfg = cfg or EvalConfig()
+    leaked = leaked_queries(pipeline, task, queries)
+    if leaked:
+        log.warning("%d of %d evaluation queries are in the index's query log (e.g. %s): their "
+                    "clicks are indexed, so the scores overstate unseen queries; rebuild the "
+                    "index with a log that leaves the test queries out", len(leaked),
+                    len(queries), ", ".join(leaked[:5]))
     plan: dict[str, tuple[str, int | None, int | None]] = {m: (m, None, None) for m in modes}
     for spec in commands:
         length, rel = parse_command_spec(spec)
@@ -122,6 +147,7 @@ def eval_retrieval(pipeline: Pipeline, queries, qrels, task: str, out_dir: Path,
         if rows:
             quality[mode] = rewrite_quality_report(rows, scorer)
     report["rewrite_quality"] = quality
+    report["leaked_queries"] = leaked
     (out_dir / "rewrite_quality.json").write_text(json.dumps(quality, indent=2) + "\n")
     report["files"]["rewrite_quality"] = str(out_dir / "rewrite_quality.json")
     return report

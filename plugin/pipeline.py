@@ -10,11 +10,13 @@
                                             │ check_prompt: accept | retry (sample) | raw query
                                             ▼
           image prompt ─► CLIP text encoder ─► ImageIndex (FAISS) ─┐
-          template prompt ─► TemplateIndex (tantivy / Elasticsearch) ├─► RRF(raw, rewrite) ─► results
-          raw query ─────────► the same indexes ─────────────────────┘
+          template prompt ─► TemplateIndex (tantivy / Elasticsearch) ├─► weighted RRF ─► results
+          raw query ─────────► the same indexes ─────────────────────┤   (plugin.channels)
+          query embedding ───► the template index's dense channel ───┘
 
-Every result says which lists it came from (rank in the raw and rewritten lists), every prompt
-which path it took, and the response carries the index versions and timings per stage.
+Every result says which lists it came from (rank in each channel's list), every modality which
+channels were used with what weight, every prompt which path it took, and the response carries
+the index versions and timings per stage.
 """
 
 from __future__ import annotations
@@ -33,7 +35,9 @@ from rewriters.generate import Rewrite
 
 from .batching import MicroBatcher
 from .config import Settings
-from .fusion import rrf
+from .channels import MODES, ModalityResult, ResultItem, search_images, search_templates
+from .fusion import FusionWeights
+from .fusion_fit import fusion_weights
 from .rewrite import PATHS, PromptOutcome, RewriteCache, check_prompt, read_precomputed
 
 __all__ = ["Pipeline", "RewriteResult", "SearchResult", "ModalityResult", "ResultItem",
@@ -42,7 +46,7 @@ __all__ = ["Pipeline", "RewriteResult", "SearchResult", "ModalityResult", "Resul
 log = logging.getLogger(__name__)
 
 MAX_QUERY_CHARS = 512  # longer queries are refused (they are not search queries)
-RETRIEVAL_MODES = ("raw", "rewrite", "fused")
+RETRIEVAL_MODES = tuple(MODES)  # raw, dense, rewrite, hybrid (raw + dense), fused (all)
 
 
 @dataclass
@@ -63,29 +67,6 @@ class RewriteResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class ResultItem:
-    """One retrieved image or template."""
-
-    id: str
-    score: float  # fused RRF score, or the backend score when fusion is off
-    ranks: dict[str, int]  # 1-based rank in the "raw" and "rewrite" lists it appeared in
-    fields: dict[str, Any] = field(default_factory=dict)  # title, tags, metadata
-
-
-@dataclass
-class ModalityResult:
-    """Results of one modality (task) with their provenance."""
-
-    task: str
-    prompt: str  # what the rewritten list was searched with
-    path: str  # the prompt's path
-    fused: bool  # True: RRF of raw and rewrite lists
-    index_version: str | None
-    results: list[ResultItem]
-    error: str | None = None  # e.g. the index is not loaded
 
 
 @dataclass
@@ -126,18 +107,20 @@ class Pipeline:
         settings: generation, pipeline and service settings.
         image_index, image_encoder: FAISS index and the CLIP encoder it was built with.
         template_index: a ``TemplateIndex`` (tantivy or Elasticsearch).
+        text_encoder: the sentence encoder of the dense channel; it also measures how close a
+            rewrite stays to the query (None: no dense channel, no similarity floor).
         batcher: the micro-batcher feeding ``rewriter`` (one is made when None).
         load_precomputed: fill the cache from ``settings.precomputed_path`` when it exists.
     """
 
     def __init__(self, rewriter, intent, settings: Settings, *, image_index=None,
-                 image_encoder=None, template_index=None, batcher: MicroBatcher | None = None,
-                 load_precomputed: bool = True):
+                 image_encoder=None, template_index=None, text_encoder=None,
+                 batcher: MicroBatcher | None = None, load_precomputed: bool = True):
         if (image_index is None) != (image_encoder is None):
             raise ConfigError("an image index needs its image encoder (and the other way round)")
         self.rewriter, self.intent, self.settings = rewriter, intent, settings
         self.image_index, self.image_encoder = image_index, image_encoder
-        self.template_index = template_index
+        self.template_index, self.text_encoder = template_index, text_encoder
         sv = settings.service
         self.batcher = batcher or MicroBatcher(rewriter.rewrite_batch, sv.max_batch,
                                                sv.batch_wait_ms)
@@ -335,65 +318,34 @@ class Pipeline:
         fuse = p.fusion if fusion is None else fusion
         rw = self.rewrite(query, task, length, relevance, 1, deadline_ms)
         timings = {f"rewrite.{s}": v for s, v in rw.timings_ms.items() if s != "total"}
-        modalities = []
-        for outcome in rw.prompts:
-            search = self._search_images if outcome.task == "image" else self._search_templates
-            modalities.append(search(rw.query, outcome, k, filters.get(outcome.task), fuse,
-                                     timings))
+        mode = "fused" if fuse else "rewrite"
+        modalities = [self._search(rw.query, o, k, filters.get(o.task), mode, timings)
+                      for o in rw.prompts]
         timings["total"] = _ms(t0)
         return SearchResult(rw.query, rw, modalities, timings)
 
-    def _fuse(self, task, outcome, lists: dict[str, list], k: int, fuse: bool,
-              version) -> ModalityResult:
-        fields = {}
-        for hits in lists.values():
-            for h in hits:
-                fields.setdefault(h[0], h[2])
-        p = self.settings.pipeline
-        if fuse and len(lists) > 1:
-            fused = rrf({name: [h[0] for h in hits] for name, hits in lists.items()},
-                        {"raw": p.raw_weight, "rewrite": p.rewrite_weight}, p.rrf_k, k)
-            items = [ResultItem(f.id, round(f.score, 6), f.ranks, fields[f.id]) for f in fused]
-        else:
-            name = "rewrite" if "rewrite" in lists else "raw"
-            items = [ResultItem(h[0], float(h[1]), {name: r}, h[2])
-                     for r, h in enumerate(lists[name][:k], start=1)]
-        return ModalityResult(task, outcome.prompt, outcome.path, fuse and len(lists) > 1,
-                              version, items)
+    def fusion_weights(self, task: str) -> FusionWeights:
+        """The fusion weights for ``task``: the settings, with the weights fitted on the
+        training log when the template index was built (``pipeline.fitted_fusion``)."""
+        fitted = (getattr(self.template_index, "fusion_params", None)
+                  if task == "template" else None)
+        return fusion_weights(self.settings.pipeline, fitted)
 
-    def _search_images(self, query, outcome, k, filters, fuse, timings) -> ModalityResult:
-        if self.image_index is None:
-            return ModalityResult("image", outcome.prompt, outcome.path, False, None, [],
-                                  "image index is not loaded")
-        texts = [query] if outcome.path == "raw" else [query, outcome.prompt]
-        t = time.perf_counter()
-        vecs = self.image_encoder.encode_texts(texts)
-        timings["image.encode"] = _ms(t)
-        t = time.perf_counter()
-        found = self.image_index.search(vecs, k, filters)
-        timings["image.search"] = _ms(t)
-        lists = {name: [(h.id, h.score, dict(h.metadata)) for h in hits]
-                 for name, hits in zip(("raw", "rewrite"), found)}
-        t = time.perf_counter()
-        res = self._fuse("image", outcome, lists, k, fuse, self.image_index.version)
-        timings["image.fusion"] = _ms(t)
-        return res
-
-    def _search_templates(self, query, outcome, k, filters, fuse, timings) -> ModalityResult:
+    def _search(self, query: str, outcome, k: int, filters, mode: str,
+                timings: dict[str, float]) -> ModalityResult:
+        channels = MODES[mode]
+        if outcome.task == "image":
+            if self.image_index is None:
+                return ModalityResult("image", outcome.prompt, outcome.path, False, None, [],
+                                      "image index is not loaded")
+            return search_images(self.image_index, self.image_encoder, query, outcome, k,
+                                 filters, channels, self.fusion_weights("image"),
+                                 self.text_encoder, timings)
         if self.template_index is None:
             return ModalityResult("template", outcome.prompt, outcome.path, False, None, [],
                                   "template index is not loaded")
-        texts = [query] if outcome.path == "raw" else [query, outcome.prompt]
-        t = time.perf_counter()
-        found = self.template_index.search_batch(texts, k, filters)
-        timings["template.search"] = _ms(t)
-        lists = {name: [(h.id, h.score, {"title": h.title, "category": h.category,
-                                         "tags": list(h.tags), **h.fields}) for h in hits]
-                 for name, hits in zip(("raw", "rewrite"), found)}
-        t = time.perf_counter()
-        res = self._fuse("template", outcome, lists, k, fuse, self.template_index.version)
-        timings["template.fusion"] = _ms(t)
-        return res
+        return search_templates(self.template_index, query, outcome, k, filters, channels,
+                                self.fusion_weights("template"), self.text_encoder, timings)
 
     def retrieve(self, query: str, task: str, mode: str, k: int = 100,
                  length: int | None = None, relevance: int | None = None,
@@ -402,18 +354,18 @@ class Pipeline:
         so results do not depend on machine speed).
 
         Args:
-            mode: "raw" (the query as typed), "rewrite" (the rewritten prompt only; the raw
-                query when the rewrite falls back) or "fused" (RRF of both).
+            mode: "raw" (the query as typed), "dense" (its embedding), "rewrite" (the rewritten
+                prompt only; the raw query when the rewrite falls back), "hybrid" (raw and
+                dense fused) or "fused" (raw, dense and rewrite fused).
         """
         if mode not in RETRIEVAL_MODES:
             raise ConfigError(f"unknown mode {mode!r}; allowed: {', '.join(RETRIEVAL_MODES)}")
         q = _check_query(query)
-        if mode == "raw":
-            outcome = self._raw(q, self.command(task, length, relevance), 0, [], "mode raw")
+        if "rewrite" not in MODES[mode]:
+            outcome = self._raw(q, self.command(task, length, relevance), 0, [], f"mode {mode}")
         else:
             outcome = self.rewrite(q, task, length, relevance, 1, deadline_ms).prompts[0]
-        search = self._search_images if task == "image" else self._search_templates
-        res = search(q, outcome, k, filters, mode == "fused", {})
+        res = self._search(q, outcome, k, filters, mode, {})
         if res.error:
             raise IndexStoreError(res.error)
         return res

@@ -103,6 +103,7 @@ class ModalityOut(BaseModel):
     index_version: str | None
     results: list[ResultOut]
     error: str | None
+    channels: dict[str, float] = {}  # channel (raw, dense, rewrite) -> fusion weight; 0: dropped
 
 
 class SearchResponse(BaseModel):
