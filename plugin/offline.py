@@ -19,6 +19,7 @@ from typing import Any
 from rewriters.commands import Command, count_words
 from rewriters.errors import ConfigError
 
+from .channels import MODES
 from .pipeline import RETRIEVAL_MODES, Pipeline, RewriteResult
 
 __all__ = ["precompute_rewrites", "eval_retrieval", "default_modes", "leaked_queries",
@@ -128,13 +129,13 @@ def eval_retrieval(pipeline: Pipeline, queries, qrels, task: str, out_dir: Path,
     def search(q, mode: str):
         base, length, rel = plan[mode]
         res = pipeline.retrieve(q.query, task, base, cfg.k, length, rel)  # no deadline cut
-        if base != "raw":
+        if "rewrite" in MODES[base]:
             seen[(mode, q.qid)] = (pipeline.command(task, length, rel), res.prompt, res.path)
         return [(r.id, r.score) for r in res.results]
 
     def tag(mode: str) -> str:
         base, length, rel = plan[mode]
-        cmd = None if base == "raw" else pipeline.command(task, length, rel)
+        cmd = pipeline.command(task, length, rel) if "rewrite" in MODES[base] else None
         spec = None if cmd is None else f"{cmd.task},{cmd.length},{cmd.relevance}"
         return run_tag(mode, spec, pipeline.model_version)
 
@@ -150,6 +151,7 @@ def eval_retrieval(pipeline: Pipeline, queries, qrels, task: str, out_dir: Path,
     report["leaked_queries"] = leaked
     (out_dir / "rewrite_quality.json").write_text(json.dumps(quality, indent=2) + "\n")
     report["files"]["rewrite_quality"] = str(out_dir / "rewrite_quality.json")
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+import zlib
 from collections import Counter
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
@@ -174,10 +175,11 @@ class Pipeline:
 
     def rewrite(self, query: str, task: str | None = None, length: int | None = None,
                 relevance: int | None = None, n: int = 1,
-                deadline_ms: float | None = None) -> RewriteResult:
+                deadline_ms: float | None = None, seed: int | None = None) -> RewriteResult:
         """Detect intent and rewrite the query for each routed task (or for ``task`` only).
 
         Never raises for a slow or failing model: such prompts fall back to the raw query.
+        ``seed`` makes the sampled retries reproducible (offline evaluation uses it).
 
         Raises:
             ConfigError: bad query, task, length, relevance or n.
@@ -200,7 +202,7 @@ class Pipeline:
         commands = [self.command(tk, length, relevance) for tk in tasks]
         t = time.perf_counter()
         deadline = self.settings.service.deadline_ms if deadline_ms is None else deadline_ms
-        prompts = self._prompts(q, commands, n, deadline / 1000.0)
+        prompts = self._prompts(q, commands, n, deadline / 1000.0, seed)
         timings["rewrite"] = _ms(t)
         path = max((p.path for p in prompts), key=PATHS.index, default="raw")
         for p in prompts:
@@ -210,8 +212,8 @@ class Pipeline:
         timings["total"] = _ms(t0)
         return RewriteResult(q, intent, probs, tasks, prompts, path, self.model_version, timings)
 
-    def _prompts(self, query: str, commands: list[Command], n: int,
-                 budget_s: float) -> list[PromptOutcome]:
+    def _prompts(self, query: str, commands: list[Command], n: int, budget_s: float,
+                 seed: int | None = None) -> list[PromptOutcome]:
         p, g = self.settings.pipeline, self.settings.generation
         version = self.model_version
         out: dict[int, PromptOutcome] = {}
@@ -233,6 +235,8 @@ class Pipeline:
             opts = dict(n=n, strict_length=g.strict_length,
                         decoding=p.decoding if first else "sample",
                         temperature=g.temperature, top_p=g.top_p, num_beams=max(g.num_beams, n))
+            if seed is not None and opts["decoding"] == "sample":  # reproducible retries
+                opts["seed"] = seed + attempts
             items = [(query, commands[i]) for i in pending]
             future = self.batcher.submit(items, **opts)
             attempts += 1
@@ -364,7 +368,9 @@ class Pipeline:
         if "rewrite" not in MODES[mode]:
             outcome = self._raw(q, self.command(task, length, relevance), 0, [], f"mode {mode}")
         else:
-            outcome = self.rewrite(q, task, length, relevance, 1, deadline_ms).prompts[0]
+            # seeded retries: the same query gets the same prompt in every evaluation run
+            outcome = self.rewrite(q, task, length, relevance, 1, deadline_ms,
+                                   seed=zlib.crc32(q.encode())).prompts[0]
         res = self._search(q, outcome, k, filters, mode, {})
         if res.error:
             raise IndexStoreError(res.error)

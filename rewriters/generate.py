@@ -181,7 +181,9 @@ def token_classes(tokenizer, command_tokens: Sequence[str], end_id: int,
     Returns:
         (banned, word_start): two (n_rows,) bool arrays.
     """
-    vocab = len(tokenizer)
+    # a model saved before a special token was added to the project has fewer rows than the
+    # tokenizer that loads it: those tokens do not exist for it
+    vocab = min(len(tokenizer), n_rows)
     texts = tokenizer.batch_decode([[i] for i in range(vocab)])
     word_start = np.zeros(n_rows, dtype=bool)
     banned = np.zeros(n_rows, dtype=bool)

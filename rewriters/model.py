@@ -182,7 +182,7 @@ def read_model_dir(path: str | Path) -> tuple[Path, RewriterMeta, Any, list[int]
     has_tok = (p / "tokenizer_config.json").exists()
     if not has_tok:
         log.warning("no tokenizer saved in %s; using the builtin GPT-2 tokenizer", p)
-    tokenizer = load_tokenizer(str(p) if has_tok else BUILTIN_TOKENIZER)
+    tokenizer = load_tokenizer(str(p) if has_tok else BUILTIN_TOKENIZER, meta.command_tokens)
     vocab = tokenizer.get_vocab()  # builds a 50k dict: once, not once per token
     missing = [t for t in meta.command_tokens if t not in vocab]
     if missing:

@@ -46,12 +46,15 @@ def _builtin_gpt2(cls):
     return cls(vocab=vocab, merges=merges)
 
 
-def load_tokenizer(source: str = BUILTIN_TOKENIZER):
+def load_tokenizer(source: str = BUILTIN_TOKENIZER, tokens: list[str] | None = None):
     """Load a GPT-2 tokenizer and make sure every command token is a single special token.
 
     Args:
         source: ``"builtin"`` for the shipped GPT-2 files, or a pretrained name / local
             directory understood by ``GPT2TokenizerFast.from_pretrained``.
+        tokens: the command tokens to ensure (default: every one this version defines); a saved
+            model passes its own list, so a token added to the project later never gives its
+            tokenizer more ids than the model has rows.
     Returns:
         A ``GPT2TokenizerFast`` whose pad and eos tokens are ``<|end|>``.
     """
@@ -68,7 +71,7 @@ def load_tokenizer(source: str = BUILTIN_TOKENIZER):
                 "pass a local model directory, or 'builtin' offline"
             ) from e
     vocab = tok.get_vocab()  # builds a 50k dict: once, not once per token
-    missing = [t for t in command_tokens() if t not in vocab]
+    missing = [t for t in (command_tokens() if tokens is None else tokens) if t not in vocab]
     if missing:
         tok.add_special_tokens({"additional_special_tokens": missing})
     tok.pad_token = END_TOKEN

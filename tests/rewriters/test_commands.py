@@ -1,7 +1,7 @@
 import pytest
 
 from rewriters.commands import (
-    MARKER_TOKENS,
+    CONTEXT_TOKEN, MARKER_TOKENS,
     END_TOKEN, LENGTH_MAX, LENGTH_MIN, PROMPT_TOKEN, Command, command_tokens, count_words,
 )
 from rewriters.errors import ConfigError
@@ -30,11 +30,13 @@ def test_bad_commands_name_the_value_and_range(args, message):
 
 def test_every_command_token_is_one_special_token(tokenizer):
     toks = command_tokens()
-    # tasks, lengths, relevance buckets, <|prompt|> and <|end|>, then <|r=1|> ... <|r=39|>
+    # tasks, lengths, relevance buckets, <|prompt|> and <|end|>, <|r=1|> ... <|r=39|>, <|ctx|>
+    # (appended last, so the ids of models saved before it existed do not move)
     markers = LENGTH_MAX - 1
-    assert len(toks) == len(set(toks)) == 2 + (LENGTH_MAX - LENGTH_MIN + 1) + 5 + 2 + markers
-    assert toks[-markers - 2 : -markers] == [PROMPT_TOKEN, END_TOKEN]
-    assert toks[-markers:] == list(MARKER_TOKENS)
+    assert len(toks) == len(set(toks)) == 2 + (LENGTH_MAX - LENGTH_MIN + 1) + 5 + 2 + markers + 1
+    assert toks[-markers - 3 : -markers - 1] == [PROMPT_TOKEN, END_TOKEN]
+    assert toks[-markers - 1 : -1] == list(MARKER_TOKENS)
+    assert toks[-1] == CONTEXT_TOKEN
     for t in toks:
         ids = tokenizer.encode(t)
         assert len(ids) == 1 and tokenizer.convert_ids_to_tokens(ids) == [t]

@@ -262,7 +262,7 @@ def test_export_problem_reports_missing_and_stale_exports(tiny_model_copy):
     assert out == tiny_model_copy / ONNX_DIR and onnx_export_problem(tiny_model_copy) is None
     info = json.loads((out / "udrl_export.json").read_text())
     assert info["quantization"] == "int8" and info["float32_max_diff"] < 1e-3
-    assert info["vocab_rows"] == 50343 and info["n_positions"] == 128 and info["onnxruntime"]
+    assert info["vocab_rows"] == 50344 and info["n_positions"] == 128 and info["onnxruntime"]
 
     (out / "model.onnx").rename(out / "moved.onnx")
     assert "incomplete: model.onnx missing" in onnx_export_problem(tiny_model_copy)

@@ -5,7 +5,8 @@ def test_builtin_tokenizer_is_the_real_gpt2_bpe(tokenizer):
     # Reference ids from OpenAI's GPT-2 vocabulary.
     assert tokenizer.encode(" Hello world") == [18435, 995]
     assert tokenizer.encode("Hello world") == [15496, 995]
-    assert len(tokenizer) == 50257 + 86  # GPT-2 vocab + 47 command tokens + 39 length markers
+    # GPT-2 vocab + 47 command tokens + 39 length markers + <|ctx|>
+    assert len(tokenizer) == 50257 + 87
 
 
 def test_command_prefix_and_text_round_trip(tokenizer):
