@@ -62,7 +62,7 @@ class TrainSettings(BaseModel):
     lr: float = Field(2e-3, gt=0)
     warmup_steps: int = Field(50, ge=0)
     held_out: float = Field(0.1, gt=0, lt=1)
-    rounds: int = Field(0, ge=0, le=20)
+    rounds: int = Field(2, ge=0, le=20)  # UDRL rounds: explore, score what is retrieved, add
     round_steps: int = Field(300, ge=1)
     explore_per_round: int = Field(512, ge=1)
     eval_commands: int = Field(200, ge=10)
@@ -70,7 +70,7 @@ class TrainSettings(BaseModel):
     marker_tail: int = Field(3, ge=0, le=39)  # ... and before each of the last this many words
     # catalogue neighbours' titles the rewriter reads after <|ctx|> (dense channel's top items;
     # training queries see them without their own clicks); 0: the query alone
-    context_items: int = Field(0, ge=0, le=20)
+    context_items: int = Field(5, ge=0, le=20)
     export: Literal["int8", "int8_float32", "float32", "none"] = "int8"  # CTranslate2 export
     # ONNX Runtime export; int4: fastest at batch 1, int8: fastest under batching
     export_onnx: Literal["int8", "int4", "float32", "none"] = "int8"

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import math
 import re
-import string
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .commands import check_task
+from .commands import IMAGE_LEAD, check_task, query_words
 from .errors import ConfigError
 from .grounding import Grounder, GroundItem, ground_query
 from .teachers import TeacherReply, _check_requests
@@ -55,8 +54,6 @@ FILLERS: dict[str, tuple[str, ...]] = {
     ),
 }
 
-# Image prompts open like a CLIP caption when there is room for it (see CatalogTeacher.compose).
-IMAGE_LEAD: tuple[str, ...] = ("a", "photo", "of")
 _LEAD_MIN_CONTENT = 3  # content words the lead must leave room for
 
 
@@ -110,10 +107,6 @@ def document_frequencies(items: Iterable[GroundItem]) -> tuple[dict[str, int], i
     return dict(df), n
 
 
-def _query_words(query: str) -> list[str]:
-    """The query's whitespace words, casefolded, edge punctuation stripped, first copy kept."""
-    words = (w.strip(string.punctuation) for w in query.casefold().split())
-    return list(dict.fromkeys(w for w in words if w))
 
 
 class CatalogTeacher:
@@ -220,7 +213,7 @@ class CatalogTeacher:
         cfg = self.config
         field_weights = (cfg.title_weight, cfg.tags_weight, cfg.category_weight,
                          cfg.description_weight)
-        own = set(_query_words(query))
+        own = set(query_words(query))
         score: dict[str, float] = {}
         local_df: Counter[str] = Counter()
         for item in items:
@@ -247,7 +240,7 @@ class CatalogTeacher:
 
     def _compose(self, query: str, task: str, length: int,
                  ranked: Sequence[tuple[str, float]]) -> str:
-        qwords = _query_words(query)
+        qwords = query_words(query)
         lead = list(IMAGE_LEAD) if (
             task == "image" and not set(IMAGE_LEAD) & set(qwords)
             and length - len(IMAGE_LEAD) >= max(_LEAD_MIN_CONTENT, len(qwords))) else []

@@ -14,6 +14,7 @@ bookkeeping: decoding strips them, and word counts never include them.
 
 from __future__ import annotations
 
+import string
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -33,6 +34,10 @@ __all__ = [
     "Command",
     "command_tokens",
     "count_words",
+    "IMAGE_LEAD",
+    "query_words",
+    "restore_query_slot",
+    "starts_with_query",
 ]
 
 TASKS: tuple[str, ...] = ("image", "template")
@@ -122,3 +127,41 @@ def command_tokens() -> list[str]:
     toks += [f"<|len={n}|>" for n in range(LENGTH_MIN, LENGTH_MAX + 1)]
     toks += [f"<|rel={b}|>" for b in range(RELEVANCE_BUCKETS)]
     return toks + [PROMPT_TOKEN, END_TOKEN, *MARKER_TOKENS, CONTEXT_TOKEN]
+
+
+# Image prompts of the catalogue teacher open like a CLIP caption when there is room for it.
+IMAGE_LEAD: tuple[str, ...] = ("a", "photo", "of")
+
+
+def query_words(query: str) -> list[str]:
+    """The query's whitespace words, casefolded, edge punctuation stripped, first copy kept."""
+    words = (w.strip(string.punctuation) for w in query.casefold().split())
+    return list(dict.fromkeys(w for w in words if w))
+
+
+def _lead(words: list[str]) -> int:
+    return len(IMAGE_LEAD) if tuple(w.casefold() for w in words[:3]) == IMAGE_LEAD else 0
+
+
+def starts_with_query(query: str, prompt: str) -> bool:
+    """True when ``prompt`` opens with the query's words (after an image lead), as the
+    catalogue teacher writes every prompt."""
+    words = prompt.split()
+    lead = _lead(words)
+    q = query_words(query)[: len(words) - lead]
+    got = [w.strip(string.punctuation).casefold() for w in words[lead:lead + len(q)]]
+    return bool(q) and got == q
+
+
+def restore_query_slot(query: str, prompt: str) -> str:
+    """Put the query's own words in the slot where a query-first model writes them.
+
+    A model distilled from query-first prompts writes its copy of the query first, then its
+    expansion. A query word whose tokens it never saw in training cannot be copied ("puppy"
+    came out as "able"), so the copy is replaced by the query's words; the expansion and the
+    word count stay as generated.
+    """
+    words = prompt.split()
+    lead = _lead(words)
+    q = query_words(query)[: max(0, len(words) - lead)]
+    return " ".join(words[:lead] + q + words[lead + len(q):])

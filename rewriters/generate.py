@@ -17,6 +17,7 @@ imported only by the PyTorch engine, so the CTranslate2 engine never loads it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .commands import (CONTEXT_TOKEN, END_TOKEN, LENGTH_MAX, MARKER_TOKENS, PROMPT_TOKEN,
-                       Command, count_words, marker_positions)
+                       Command, count_words, marker_positions, restore_query_slot)
 from .bans import NGRAM_BAN, Countdown, repeated_trigram_bans
 from .errors import ConfigError, ModelError
 from .model import RewriterMeta, load_model_dir
@@ -312,7 +313,16 @@ class RewriterBase:
             chunk = clean_items[s : s + self.batch_size]
             out.extend(self._generate(chunk, n, strict_length, decoding, temperature, top_p,
                                       max(num_beams, n)))
+        if getattr(self.meta, "query_first", False):
+            out = [[self._with_query(q, r) for r in rs] for (q, _), rs in zip(clean_items, out)]
         return out
+
+    @staticmethod
+    def _with_query(query: str, r: Rewrite) -> Rewrite:
+        if not r.prompt:
+            return r
+        text = restore_query_slot(query, r.prompt)
+        return dataclasses.replace(r, prompt=text, words=count_words(text))
 
     @staticmethod
     def _check_request(items, n: int, decoding: str) -> list[tuple[str, Command]]:

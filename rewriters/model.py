@@ -86,6 +86,9 @@ class RewriterMeta:
     # catalogue neighbours' titles the input carries after <|ctx|> (0: the query alone); the
     # server must give the engine a ``context`` function when this is > 0
     context_items: int = 0
+    # the training prompts opened with the query's words (catalogue teacher): generation puts
+    # the query's own words in that slot (commands.restore_query_slot)
+    query_first: bool = False
     format_version: int = FORMAT_VERSION
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .commands import LENGTH_MAX, LENGTH_MIN, Command, marker_positions
+from .commands import LENGTH_MAX, LENGTH_MIN, Command, marker_positions, starts_with_query
 from .data import Example, split_by_query, write_examples
 from .errors import ConfigError, DataError
 from .evaluate import evaluate_rewriter, held_out_commands
@@ -122,6 +122,15 @@ def encode_example(rewriter: Rewriter, ex: Example) -> tuple[list[int], int]:
             marked.append(t)
         body = marked
     return head + body + [rewriter.end_id], len(head)
+
+
+QUERY_FIRST_SHARE = 0.9  # share of training prompts opening with their query that marks it
+
+
+def _query_first(examples: list[Example]) -> bool:
+    """True when the training prompts open with their query's words (catalogue teacher)."""
+    hits = sum(starts_with_query(e.query, e.prompt) for e in examples)
+    return bool(examples) and hits >= QUERY_FIRST_SHARE * len(examples)
 
 
 def _usable(examples: list[Example]) -> tuple[list[Example], int]:
@@ -306,7 +315,7 @@ def train_rewriter(
                         else {"n_positions": model.config.n_positions},
                         bucket_edges=edges.to_json(), scorer=scorer.name, train_config=asdict(cfg),
                         marker_every=cfg.marker_every, marker_tail=cfg.marker_tail,
-                        context_items=cfg.context_items)
+                        context_items=cfg.context_items, query_first=_query_first(train))
     rewriter = Rewriter(model, tokenizer, meta)
     rewriter.context = context if cfg.context_items else None
     n_pos = model.config.n_positions

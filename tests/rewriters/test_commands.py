@@ -45,3 +45,21 @@ def test_every_command_token_is_one_special_token(tokenizer):
 def test_count_words_splits_on_whitespace():
     assert count_words("  a cozy   cabin,\tsnow ") == 4
     assert count_words("") == 0
+
+
+def test_restore_query_slot_puts_the_query_first_and_keeps_the_length():
+    from rewriters.commands import restore_query_slot, starts_with_query
+
+    # "puppy" was never a training token: the model wrote "able" in its slot
+    assert restore_query_slot("puppy", "able dog paw animals") == "puppy dog paw animals"
+    # two query words replace the first two; the word count (5) stays
+    assert restore_query_slot("Mountain Bike!", "mountainbike map trail volcano hike") == (
+        "mountain bike trail volcano hike")
+    # an image lead stays in front
+    assert restore_query_slot("cozy cabin", "a photo of cosy caban in snow") == (
+        "a photo of cozy cabin in snow")
+    # a query longer than the prompt keeps its first words only
+    assert restore_query_slot("a b c d e", "x y z") == "a b c"
+    assert starts_with_query("mountain bike", "Mountain bike, trail map")
+    assert starts_with_query("puppy", "a photo of puppy dog")
+    assert not starts_with_query("dog", "cat dog")

@@ -216,3 +216,14 @@ def rw_command():
     from rewriters.commands import Command
 
     return Command("template", 6, 4)
+
+
+def test_query_first_is_read_off_the_training_prompts():
+    from rewriters.data import Example
+    from rewriters.train import _query_first
+
+    first = [Example.make(q, "template", f"{q} icon outline", "catalog", "both")
+             for q in ("dog", "red car", "cloud")]
+    assert _query_first(first)
+    assert not _query_first([*first, *(Example.make("dog", "template", "a happy puppy", "b",
+                                                     "both") for _ in range(3))])
