@@ -13,7 +13,11 @@ Public modules (import the one you need; importing the package itself loads none
     templates          TemplateIndex interface, build/open_template_index by backend name
     tantivy_index      the embedded template backend
     es_schema          EsSettings, connect, Elasticsearch mapping and search body
-    es_index           the Elasticsearch template backend (alias swap)
+    es_index           the Elasticsearch template backend (search)
+    es_build           building and publishing Elasticsearch versions (alias swap)
+    es_dense           the Elasticsearch dense channel (nested kNN rows)
+    query_log          query logs with clicks (query<TAB>clicked_id)
+    dense              the dense channel: MiniLM centroids and rows in FAISS, exact search
     reindex            the batch jobs the CLI runs: reindex_images, merge_images,
                        reindex_templates, each driven by one config object
 """
@@ -23,10 +27,14 @@ __all__ = [
     "catalog_templates",
     "encoders",
     "errors",
+    "dense",
+    "es_build",
+    "es_dense",
     "es_index",
     "es_schema",
     "image_build",
     "images",
+    "query_log",
     "reindex",
     "store",
     "tantivy_index",

@@ -1,6 +1,7 @@
 """The udrl-search plugin: pipeline, HTTP service, Python hook, offline jobs, CLI, settings."""
 
 __all__ = [
-    "batching", "cli", "cli_serving", "config", "demo", "errors", "fusion", "hook", "jobs",
-    "offline", "pipeline", "retrieval_eval", "rewrite", "sample_catalog", "service", "trec",
+    "batching", "channels", "cli", "cli_serving", "config", "demo", "errors", "fusion",
+    "fusion_fit", "grounded_jobs", "grounding", "hook", "jobs", "offline", "pipeline",
+    "retrieval_eval", "rewrite", "sample_catalog", "service", "trec",
 ]
