@@ -28,10 +28,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .commands import (CONTEXT_TOKEN, END_TOKEN, LENGTH_MAX, MARKER_TOKENS, PROMPT_TOKEN,
-                       Command, count_words, marker_positions, restore_query_slot)
-from .bans import NGRAM_BAN, Countdown, repeated_trigram_bans
-from .errors import ConfigError, ModelError
+from .bans import (
+    NGRAM_BAN,
+    Countdown,
+    marker_token_ids,
+    repeated_trigram_bans,
+    restrict_output,
+    token_classes,
+)
+from .commands import (
+    CONTEXT_TOKEN,
+    END_TOKEN,
+    LENGTH_MAX,
+    PROMPT_TOKEN,
+    Command,
+    count_words,
+    marker_positions,
+    restore_query_slot,
+)
+from .errors import ConfigError
 from .model import RewriterMeta, load_model_dir
 
 if TYPE_CHECKING:
@@ -167,63 +182,6 @@ class _CommandLogits:
             scores[force] = neg
             scores[force, self.end_id] = torch.where(torch.isfinite(keep), keep, torch.zeros_like(keep))
         return scores
-
-
-def token_classes(tokenizer, command_tokens: Sequence[str], end_id: int,
-                  n_rows: int, allowed: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
-    """Classify every output row once: which tokens may never be emitted, which open a word.
-
-    Args:
-        tokenizer: the model's tokenizer.
-        command_tokens: the model's command vocabulary (``RewriterMeta.command_tokens``).
-        end_id: id of ``<|end|>``, the one special token that may be emitted.
-        n_rows: rows of the output embedding (>= ``len(tokenizer)``; extra rows are padding).
-        allowed: special tokens the model may emit besides <|end|> (its length markers).
-    Returns:
-        (banned, word_start): two (n_rows,) bool arrays.
-    """
-    # a model saved before a special token was added to the project has fewer rows than the
-    # tokenizer that loads it: those tokens do not exist for it
-    vocab = min(len(tokenizer), n_rows)
-    texts = tokenizer.batch_decode([[i] for i in range(vocab)])
-    word_start = np.zeros(n_rows, dtype=bool)
-    banned = np.zeros(n_rows, dtype=bool)
-    special = set(tokenizer.all_special_ids) | set(tokenizer.convert_tokens_to_ids(command_tokens))
-    for i, text in enumerate(texts):
-        if i in special:
-            banned[i] = i != end_id and i not in allowed
-        elif not text.strip() or any(c.isspace() for c in text.strip()) or "\n" in text:
-            banned[i] = True  # whitespace runs and newlines: prompts are one line
-        else:
-            word_start[i] = text[0].isspace()
-    banned[vocab:] = True  # padding rows of the embedding
-    return banned, word_start
-
-
-def marker_token_ids(tokenizer, meta: RewriterMeta) -> dict[int, int]:
-    """Words remaining -> id of the length marker saying so; {} for models without markers."""
-    if not (meta.marker_every or meta.marker_tail):
-        return {}
-    ids = {k: tokenizer.convert_tokens_to_ids(t) for k, t in enumerate(MARKER_TOKENS, start=1)}
-    if any(not isinstance(i, int) or i == tokenizer.unk_token_id for i in ids.values()):
-        raise ModelError("the model was trained with length markers but its tokenizer lacks "
-                         "them; the model directory is damaged")
-    return ids
-
-
-def restrict_output(always_banned: np.ndarray, output_vocab: Sequence[int] | None,
-                    end_id: int) -> np.ndarray:
-    """``always_banned`` plus every token outside ``output_vocab`` (<|end|> stays allowed).
-
-    None lifts the restriction. Returns a new (n_rows,) bool array.
-    """
-    banned = always_banned.copy()
-    if output_vocab is not None:
-        allowed = np.zeros_like(banned)
-        allowed[np.asarray(list(output_vocab), dtype=np.int64)] = True
-        allowed[end_id] = True
-        banned |= ~allowed
-    return banned
 
 
 class RewriterBase:
