@@ -35,6 +35,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tantivy
 
 from .catalog_templates import TemplateRecord, records_checksum
@@ -342,17 +343,23 @@ class TantivyTemplateIndex(TemplateIndex):
             check_query(q, k)
         category, tags = normalize_filters(filters)
         searcher = self._searcher_or_raise()
-        vecs = self.encode(list(queries)) if vectors is None else vectors
-        allow = None
-        if category is not None or tags:
-            allow = {h.id: True for h in self._run(searcher, self._filtered(
-                tantivy.Query.all_query(), category, tags), searcher.num_docs or 1)}
-        out = []
-        for found in self._dense.search(vecs, k, allow):
+        vecs = np.atleast_2d(self.encode(list(queries)) if vectors is None else vectors)
+        return [self._dense_one(searcher, v, k, category, tags) for v in vecs]
+
+    def _dense_one(self, searcher: tantivy.Searcher, vec, k: int, category: str | None,
+                   tags: tuple[str, ...]) -> list[TemplateHit]:
+        # Filters are checked on the exact top candidates, widened until k pass (or all were
+        # read): the work grows with the candidates read, not with the catalogue.
+        want, n = k, self._dense.n_items
+        while True:
+            found = self._dense.search(vec[None, :], min(want, max(n, 1)))[0]
             docs = self._docs_by_id(searcher, [i for i, _ in found])
-            out.append([TemplateHit(d.id, s, d.title, d.category, d.tags, d.fields)
-                        for (i, s) in found if (d := docs.get(i)) is not None])
-        return out
+            hits = [TemplateHit(d.id, s, d.title, d.category, d.tags, d.fields)
+                    for i, s in found if (d := docs.get(i)) is not None
+                    and _passes(d, category, tags)]
+            if len(hits) >= k or want >= n:
+                return hits[:k]
+            want *= 4
 
     def fetch(self, ids: Sequence[str]) -> dict[str, TemplateHit]:
         return self._docs_by_id(self._searcher_or_raise(), list(dict.fromkeys(ids)))
@@ -371,6 +378,14 @@ class TantivyTemplateIndex(TemplateIndex):
     def close(self) -> None:
         self._searcher = None
         self._index = None
+
+
+def _passes(hit: TemplateHit, category: str | None, tags: tuple[str, ...]) -> bool:
+    """The exact, case-insensitive filters of ``search`` (see ``normalize_filters``)."""
+    if category is not None and hit.category.casefold() != category:
+        return False
+    have = {t.casefold() for t in hit.tags}
+    return all(t in have for t in tags)
 
 
 def open_tantivy_index(
