@@ -19,7 +19,8 @@ from .errors import ModelError
 if TYPE_CHECKING:
     from .model import RewriterMeta
 
-__all__ = ["NGRAM_BAN", "repeated_trigram_bans", "Countdown", "token_classes",
+__all__ = ["NGRAM_BAN", "repeated_trigram_bans", "repeated_word_bans", "Countdown",
+           "token_classes",
            "marker_token_ids", "restrict_output"]
 
 NGRAM_BAN = 3  # a generated prompt never repeats one of its own n-grams of this size
@@ -58,6 +59,24 @@ def repeated_trigram_bans(gen: np.ndarray, skip: np.ndarray | None = None
             rows_out.append(np.full(hit.size, r, np.int64))
             ids_out.append(hit.astype(np.int64))
     return np.concatenate(rows_out), np.concatenate(ids_out)
+
+
+def repeated_word_bans(gen: np.ndarray, word_start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, ids): tokens that would open a word a row has already opened.
+
+    For models whose training prompts never repeat a word (``RewriterMeta.unique_words``, the
+    catalogue teacher's): a small student otherwise loops on the catalogue words it copies
+    ("sofa sofa sofa"). A word is known by its opening token, so two words sharing their first
+    piece count as one.
+
+    Args:
+        gen: (R, t) ids generated so far, in the id space of ``word_start``.
+        word_start: (V,) bool, True for tokens that open a word.
+    """
+    if not gen.size:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    rows, cols = np.nonzero(word_start[gen])
+    return rows.astype(np.int64), gen[rows, cols].astype(np.int64)
 
 
 class Countdown:

@@ -327,22 +327,25 @@ def _open_export(path: str | Path, problem_of: Callable[[Path], str | None], exp
 
 
 def _first_missed_ban(seq: Sequence[int], skip: np.ndarray, countdown: Countdown | None,
-                      end_id: int, budget: int, emittable: frozenset[int], length: int
-                      ) -> tuple[int, list[int] | None] | None:
+                      end_id: int, budget: int, emittable: frozenset[int], length: int,
+                      opens: np.ndarray | None = None) -> tuple[int, list[int] | None] | None:
     """First step of ``seq`` whose token ``Rewriter`` bans and CTranslate2 did not, with the ids
     ``Rewriter`` bans there that CTranslate2's own 3-gram ban does not (None: it bans every
     emittable token, so ``Rewriter`` ends the prompt there).
 
     Two bans of a model with length markers are beyond CTranslate2: the 3-gram ban on the text
     with the markers left out (its ban counts them, so "drop <|r=9|> shadows" after "drop
-    shadows" passes), and the marker grammar (``bans.Countdown``). One pass over ``seq``.
+    shadows" passes), and the marker grammar (``bans.Countdown``); with ``opens`` (models that
+    never repeat a word) also a word opened twice (``bans.repeated_word_bans``). One pass over
+    ``seq``.
     """
+    opened: set[int] = set()  # word-opening tokens written so far
     follows: dict[tuple[int, int], set[int]] = {}  # text pair -> what followed it
     raw_follows: dict[tuple[int, int], set[int]] = {}  # the same over every token
     text: list[int] = []
     last, one_at, may_end = 0, False, False  # last marker (0: none); <|r=1|> written; its word
     for t, tok in enumerate(seq):
-        banned: set[int] = set()
+        banned: set[int] = set(opened)
         if len(text) >= 2:
             banned |= follows.get((text[-2], text[-1]), set())
         if countdown is not None:
@@ -354,6 +357,8 @@ def _first_missed_ban(seq: Sequence[int], skip: np.ndarray, countdown: Countdown
                 return (t, None) if tok != end_id else None
         if tok in banned:
             return t, sorted(banned)
+        if opens is not None and opens[tok]:
+            opened.add(tok)
         if countdown is not None and countdown.value[tok]:
             last = int(countdown.value[tok])
             one_at = one_at or last == 1
@@ -572,12 +577,14 @@ class FastRewriter(TorchFallback, RewriterBase):
         holds its generated tokens). Each pass moves the first broken ban later, so a row needs
         at most ``budget`` passes.
         """
-        if self._markers is None:
+        opens = self._word_start if getattr(self.meta, "unique_words", False) else None
+        if self._markers is None and opens is None:
             return
+        skip = self._markers if self._markers is not None else np.zeros_like(self._word_start)
         for r, prompt in enumerate(prompts):
             for _ in range(budget):
-                missed = _first_missed_ban(seqs[r], self._markers, self.countdown,
-                                           self.end_id, budget, self._emittable, lengths[r])
+                missed = _first_missed_ban(seqs[r], skip, self.countdown, self.end_id, budget,
+                                           self._emittable, lengths[r], opens)
                 if missed is None:
                     break
                 step, bans = missed

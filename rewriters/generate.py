@@ -33,6 +33,7 @@ from .bans import (
     Countdown,
     marker_token_ids,
     repeated_trigram_bans,
+    repeated_word_bans,
     restrict_output,
     token_classes,
 )
@@ -114,7 +115,9 @@ class _CommandLogits:
     def __init__(self, prompt_len: int, banned: torch.Tensor, word_start: torch.Tensor,
                  end_id: int, targets: torch.Tensor | None, budget: int,
                  markers: torch.Tensor | None = None, countdown: Countdown | None = None,
-                 lengths: np.ndarray | None = None):
+                 lengths: np.ndarray | None = None, unique_words: bool = False):
+        # no word twice (models whose training prompts never repeat one): word_start as numpy
+        self._opens = word_start.cpu().numpy() if unique_words else None
         self.markers = markers  # (V,) bool: length markers, banned once the target is reached
         self._skip = None if markers is None else markers.cpu().numpy()  # not text: no n-grams
         self.countdown = countdown  # the marker grammar (Countdown), or None
@@ -133,6 +136,10 @@ class _CommandLogits:
         scores = scores.masked_fill(self.banned[:v], float("-inf"))
         gen = input_ids[:, self.prompt_len :]  # (R, t) generated so far
         _ban_repeated_trigrams(gen, scores, self._skip)
+        if self._opens is not None:
+            rows, ids = repeated_word_bans(gen.cpu().numpy(), self._opens)
+            if rows.size:
+                scores[torch.from_numpy(rows), torch.from_numpy(ids)] = float("-inf")
         if self.countdown is not None:
             lengths = np.repeat(self.lengths, gen.shape[0] // len(self.lengths))  # (R,)
             no_end, no_marker = self.countdown.bans(gen.cpu().numpy(),
@@ -423,7 +430,8 @@ class Rewriter(RewriterBase):
             markers = torch.zeros_like(self.word_start)
             markers[list(self.marker_ids.values())] = True
         proc = _CommandLogits(width, self.banned, self.word_start, self.end_id, targets, budget,
-                              markers, self.countdown, np.array([c.length for _, c in chunk]))
+                              markers, self.countdown, np.array([c.length for _, c in chunk]),
+                              getattr(self.meta, "unique_words", False))
         gen_kw = dict(
             max_new_tokens=budget, eos_token_id=self.end_id,
             pad_token_id=self.end_id, logits_processor=LogitsProcessorList([proc]),

@@ -89,6 +89,8 @@ class RewriterMeta:
     # the training prompts opened with the query's words (catalogue teacher): generation puts
     # the query's own words in that slot (commands.restore_query_slot)
     query_first: bool = False
+    # no training prompt repeated a word (catalogue teacher): decoding bans repeating one
+    unique_words: bool = False
     format_version: int = FORMAT_VERSION
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 

@@ -46,6 +46,7 @@ from .fast import (
     _read_export,
     _write_export,
 )
+from .bans import repeated_word_bans
 from .generate import (NGRAM_BAN, Rewriter, RewriterBase, load_rewriter,
                        repeated_trigram_bans, restrict_output)
 from .model import RewriterMeta
@@ -227,6 +228,9 @@ class OnnxRewriter(TorchFallback, RewriterBase):
         self._marker_cols = (np.isin(self.columns, list(self.marker_ids.values()))
                              if self.marker_ids else None)
         self.countdown = self._countdown(self.banned, self.columns)  # over logits columns
+        # columns that open a word, for models that never repeat one (meta.unique_words)
+        self._opens = (self._word_start[self.columns] if getattr(meta, "unique_words", False)
+                       else None)
         if export.get("model_version") != meta.version:
             raise ModelError(f"ONNX export is of model version {export.get('model_version')}"
                              f", not {meta.version}; re-export with `udrl export`")
@@ -274,6 +278,9 @@ class OnnxRewriter(TorchFallback, RewriterBase):
             if step >= NGRAM_BAN:
                 rows_banned, cols_banned = repeated_trigram_bans(gen[alive, :step],
                                                                  self._marker_cols)
+                scores[rows_banned, cols_banned] = -np.inf
+            if self._opens is not None and step:
+                rows_banned, cols_banned = repeated_word_bans(gen[alive, :step], self._opens)
                 scores[rows_banned, cols_banned] = -np.inf
             if self.countdown is not None:
                 no_end, no_marker = self.countdown.bans(gen[alive, :step], step + 1 == budget,

@@ -133,6 +133,15 @@ def _query_first(examples: list[Example]) -> bool:
     return bool(examples) and hits >= QUERY_FIRST_SHARE * len(examples)
 
 
+def _unique_words(examples: list[Example]) -> bool:
+    """True when no training prompt repeats a word (case-insensitive)."""
+    def unique(p: str) -> bool:
+        words = p.casefold().split()
+        return len(set(words)) == len(words)
+
+    return bool(examples) and all(unique(e.prompt) for e in examples)
+
+
 def _usable(examples: list[Example]) -> tuple[list[Example], int]:
     keep = [e for e in examples if LENGTH_MIN <= e.words <= LENGTH_MAX]
     return keep, len(examples) - len(keep)
@@ -315,7 +324,8 @@ def train_rewriter(
                         else {"n_positions": model.config.n_positions},
                         bucket_edges=edges.to_json(), scorer=scorer.name, train_config=asdict(cfg),
                         marker_every=cfg.marker_every, marker_tail=cfg.marker_tail,
-                        context_items=cfg.context_items, query_first=_query_first(train))
+                        context_items=cfg.context_items, query_first=_query_first(train),
+                        unique_words=_unique_words(train))
     rewriter = Rewriter(model, tokenizer, meta)
     rewriter.context = context if cfg.context_items else None
     n_pos = model.config.n_positions
