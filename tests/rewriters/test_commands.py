@@ -63,3 +63,15 @@ def test_restore_query_slot_puts_the_query_first_and_keeps_the_length():
     assert starts_with_query("mountain bike", "Mountain bike, trail map")
     assert starts_with_query("puppy", "a photo of puppy dog")
     assert not starts_with_query("dog", "cat dog")
+
+
+def test_repeated_word_bans_name_the_words_a_row_already_opened():
+    import numpy as np
+
+    from rewriters.bans import repeated_word_bans
+
+    word_start = np.array([False, True, True, False, True])  # ids 1, 2 and 4 open a word
+    gen = np.array([[1, 3, 2], [3, 3, 3]])  # row 0 opened words 1 and 2; row 1 none
+    rows, ids = repeated_word_bans(gen, word_start)
+    assert sorted(zip(rows.tolist(), ids.tolist())) == [(0, 1), (0, 2)]
+    assert repeated_word_bans(np.zeros((2, 0), np.int64), word_start)[0].size == 0
