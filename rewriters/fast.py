@@ -15,7 +15,7 @@ request checks, token budget, cleanup, validation). The bans are enforced like t
   of its decoding loop. Inputs of one batch are forwarded up to the shortest length, so the
   loop of a longer input also holds its query tail; the rare rows where that banned a token
   PyTorch allows (the prompt copied two query tokens) are regenerated exactly from that step
-  (``_first_extra_ban``), so the ban sees generated tokens only, as ``_ban_repeated_trigrams``.
+  (``_first_extra_ban``), so the ban sees generated tokens only, as ``torch_logits._ban_repeated_trigrams``.
   For a model with length markers, rows that break a ban PyTorch adds (a 3-gram of the text
   repeated across a marker; the marker grammar of ``bans.Countdown``) are redrawn from
   that step with the banned ids suppressed (``_first_missed_ban``);
