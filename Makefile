@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 DEMO_WS ?= demo-workspace
 UDRL    := $(BIN)/udrl --config plugin/presets/demo.toml --workspace $(DEMO_WS)
 
-.PHONY: setup demo test test-all bench clean compose-check
+.PHONY: setup demo test test-all test-reliability bench clean compose-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(STAMP)
 ## test-all: also the slow tests (live Elasticsearch tests still need UDRL_ES_URL)
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -m 'not elasticsearch'
+
+## test-reliability: the serving and publishing failures reproduced under load (a few minutes)
+test-reliability: $(STAMP)
+	$(BIN)/python -m pytest -m reliability
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
