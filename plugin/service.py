@@ -14,7 +14,6 @@ import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,101 +21,19 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexers.errors import IndexStoreError
-from rewriters.commands import LENGTH_MAX, LENGTH_MIN
 from rewriters.errors import UdrlError
 
+from .api_models import (RewriteRequest, RewriteResponse, SearchRequest, SearchResponse,
+                         error_response)
 from .config import Settings, get_settings
-from .pipeline import MAX_QUERY_CHARS, Pipeline
+from .pipeline import Pipeline
 
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
-
-Task = Literal["image", "template"]
-
-
-class RewriteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    query: str = Field(..., min_length=1, max_length=MAX_QUERY_CHARS, description="Search query.")
-    task: Task | None = Field(None, description="Rewrite for this task only (default: intent).")
-    length: int | None = Field(None, ge=LENGTH_MIN, le=LENGTH_MAX, description="Target words.")
-    relevance: int | None = Field(None, ge=0, le=4, description="Relevance bucket, 4 = best.")
-    n: int = Field(1, ge=1, le=8, description="Prompts per task.")
-    deadline_ms: float | None = Field(None, gt=0, description="Lower the model deadline.")
-
-
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    query: str = Field(..., min_length=1, max_length=MAX_QUERY_CHARS)
-    k: int | None = Field(None, ge=1, le=1000, description="Results per modality.")
-    filters: dict[Task, dict[str, Any]] | None = Field(
-        None, description='Per modality, e.g. {"template": {"category": "invitation"}}.')
-    task: Task | None = None
-    length: int | None = Field(None, ge=LENGTH_MIN, le=LENGTH_MAX)
-    relevance: int | None = Field(None, ge=0, le=4)
-    fusion: bool | None = Field(None, description="Override RRF fusion of raw and rewrite.")
-    deadline_ms: float | None = Field(None, gt=0)
-
-
-class PromptOut(BaseModel):
-    task: str
-    command: dict[str, Any]
-    prompt: str
-    words: int
-    path: Literal["rewrite", "retry", "raw"]
-    source: str
-    attempts: int
-    rejected: list[str]
-    reason: str | None
-    alternatives: list[str]
-
-
-class RewriteResponse(BaseModel):
-    query: str
-    intent: str
-    probs: dict[str, float]
-    tasks: list[str]
-    prompts: list[PromptOut]
-    path: Literal["rewrite", "retry", "raw"]
-    model_version: str
-    timings_ms: dict[str, float]
-
-
-class ResultOut(BaseModel):
-    id: str
-    score: float
-    ranks: dict[str, int]
-    fields: dict[str, Any]
-
-
-class ModalityOut(BaseModel):
-    task: str
-    prompt: str
-    path: str
-    fused: bool
-    index_version: str | None
-    results: list[ResultOut]
-    error: str | None
-    channels: dict[str, float] = {}  # channel (raw, dense, rewrite) -> fusion weight; 0: dropped
-
-
-class SearchResponse(BaseModel):
-    query: str
-    rewrite: RewriteResponse
-    modalities: list[ModalityOut]
-    timings_ms: dict[str, float]
-
-
-def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
-                        headers=headers)
-
 
 class _Metrics:
     """Prometheus metrics of one app (its own registry, so apps in tests do not collide)."""
@@ -221,12 +138,12 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
         if request.method == "POST":
             declared = request.headers.get("content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > limit):
-                response = _error(413, "body_too_large",
-                                  f"request body is over the {limit}-byte limit")
+                response = error_response(413, "body_too_large",
+                                          f"request body is over the {limit}-byte limit")
             else:
                 body = await request.body()  # cached by starlette for the endpoint
-                response = (_error(413, "body_too_large",
-                                   f"request body is over the {limit}-byte limit")
+                response = (error_response(413, "body_too_large",
+                                           f"request body is over the {limit}-byte limit")
                             if len(body) > limit else await call_next(request))
         else:
             response = await call_next(request)
@@ -240,22 +157,22 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         msg = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg")
-        return _error(422, "invalid_request", msg or "invalid request body")
+        return error_response(422, "invalid_request", msg or "invalid request body")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         codes = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
                  503: "unavailable"}
-        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), str(exc.detail),
-                      getattr(exc, "headers", None))
+        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"),
+                              str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(IndexStoreError)
     async def _index_down(request: Request, exc: IndexStoreError):
-        return _error(503, "index_unavailable", str(exc))
+        return error_response(503, "index_unavailable", str(exc))
 
     @app.exception_handler(UdrlError)
     async def _bad_value(request: Request, exc: UdrlError):
-        return _error(400, "bad_request", str(exc))
+        return error_response(400, "bad_request", str(exc))
 
     @app.post("/v1/rewrite", response_model=RewriteResponse, dependencies=[Depends(check_key)])
     def rewrite(req: RewriteRequest, pipe: Pipeline = Depends(current)) -> RewriteResponse:
@@ -283,7 +200,7 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
         """Models and indexes are loaded (503 until they are)."""
         pipe = request.app.state.pipeline
         if pipe is None:
-            return _error(503, "not_ready", "the pipeline is not loaded yet")
+            return error_response(503, "not_ready", "the pipeline is not loaded yet")
         parts = pipe.components()
         need = ["rewriter", "intent"] + [f"{t}_index" for t in
                                          pipe.settings.service.require_indexes]
