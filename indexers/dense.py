@@ -184,6 +184,11 @@ class DenseIndex:
     def __len__(self) -> int:
         return self._rows.ntotal
 
+    def row_vectors(self) -> np.ndarray:
+        """(rows, dim) float32: every row's normalised embedding, in row order."""
+        n = self._rows.ntotal
+        return self._rows.reconstruct_n(0, n) if n else np.zeros((0, self.dim), np.float32)
+
     def _best_rows(self, vec: np.ndarray, n: int) -> tuple[dict[int, float], float]:
         """Best row cosine of the items among the top ``n`` rows, and the n-th row's cosine
         (a bound on any item not seen)."""

@@ -7,6 +7,7 @@ One index lives in one store version directory (see ``store.py``)::
     records.jsonl      one {"id": ..., "meta": {...}} per row, row order
     index_meta.json    encoder name, dim, index type, count, sha256 over ids+vectors, build time,
                        and the ImageIndexConfig it was built with
+    dense*.faiss       optional: the text channel over titles and logged queries (image_text.py)
 
 Index types: ``flat`` (exact), ``hnsw`` (graph, M and efSearch), ``ivf`` (inverted lists,
 nlist and nprobe) and ``auto``: flat below ``AUTO_FLAT_MAX`` = 50,000 vectors (exact search
@@ -34,7 +35,9 @@ from typing import Any, NamedTuple
 import faiss
 import numpy as np
 
+from .dense import DenseIndex
 from .errors import ConfigError, EncoderMismatchError, IndexStoreError
+from .image_filters import matches_filters
 from .store import IndexStore
 
 __all__ = ["AUTO_FLAT_MAX", "INDEX_TYPES", "Hit", "ImageIndex", "ImageIndexConfig",
@@ -105,35 +108,6 @@ def content_checksum(ids: Sequence[str], vectors: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _lookup(meta: dict[str, Any], key: str) -> tuple[bool, Any]:
-    cur: Any = meta
-    for part in key.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return False, None
-        cur = cur[part]
-    return True, cur
-
-
-def matches_filters(meta: dict[str, Any], filters: dict[str, Any] | None) -> bool:
-    """True when ``meta`` satisfies every filter.
-
-    A filter on a list field matches when the wanted value is in the list (or, for a wanted
-    list, when all its values are); otherwise values must be equal. A missing field never
-    matches. Dotted keys look into nested dicts (``"meta.source"``).
-    """
-    for key, want in (filters or {}).items():
-        found, have = _lookup(meta, key)
-        if not found:
-            return False
-        if isinstance(have, list):
-            wanted = want if isinstance(want, list) else [want]
-            if not all(w in have for w in wanted):
-                return False
-        elif have != want:
-            return False
-    return True
-
-
 def _normalise(x: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)  # (N, 1)
@@ -188,6 +162,7 @@ class ImageIndex:
         self._mask_cache: dict[str, np.ndarray] = {}
         self._vectors: np.ndarray | None = None  # set by build, or loaded lazily from _dir
         self._dir: Path | None = None
+        self.dense = None  # the text channel over titles (indexers.image_text), if built
 
     encoder_name = property(lambda self: self.meta["encoder"], doc="Encoder of the vectors.")
     dim = property(lambda self: int(self.meta["dim"]), doc="Vector width D.")
@@ -200,6 +175,14 @@ class ImageIndex:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def logged_queries(self) -> set[str]:
+        """Normalised queries of the log its text channel was expanded with (for leak checks)."""
+        from .image_text import logged_queries
+
+        return logged_queries(self._dir)
+
+    has_dense = property(lambda self: self.dense is not None, doc="Has a text channel.")
 
     @classmethod
     def build(
@@ -255,6 +238,8 @@ class ImageIndex:
         with (d / RECORDS_FILE).open("w", encoding="utf-8") as fh:
             for rid, m in zip(self.ids, self.metadata):
                 fh.write(json.dumps({"id": rid, "meta": m}, ensure_ascii=False) + "\n")
+        if self.dense is not None:
+            self.dense.save(d)
         (d / META_FILE).write_text(json.dumps(self.meta, indent=2, ensure_ascii=False))
 
     def vectors(self) -> np.ndarray:
@@ -310,6 +295,7 @@ class ImageIndex:
                                f"meta says {meta.get('count')} of dim {stored_dim}")
         out = cls(index, ids, metadata, meta)
         out._dir = d
+        out.dense = DenseIndex.load(d)
         if verify:
             try:
                 ok = content_checksum(ids, out.vectors()) == meta.get("checksum")
@@ -323,7 +309,8 @@ class ImageIndex:
 
     # ---- search ---------------------------------------------------------------------------
 
-    def _mask(self, filters: dict[str, Any]) -> np.ndarray:
+    def filter_mask(self, filters: dict[str, Any]) -> np.ndarray:
+        """(N,) bool: which rows pass ``filters`` (cached per filter set)."""
         key = json.dumps(filters, sort_keys=True, default=str)
         mask = self._mask_cache.get(key)
         if mask is None:
@@ -373,7 +360,7 @@ class ImageIndex:
                 f"(use search_one for a single vector)"
             )
         n = len(self)
-        mask = self._mask(filters) if filters else None
+        mask = self.filter_mask(filters) if filters else None
         n_match = n if mask is None else int(mask.sum())
         need = min(k, n_match)
         results: list[list[Hit]] = [[] for _ in range(len(q))]

@@ -3,7 +3,8 @@
 Channels::
 
     raw       the query as typed        BM25 (templates) / CLIP text tower (images)
-    dense     the query's embedding     MiniLM over template text and logged queries (templates)
+    dense     the query's embedding     MiniLM over item text and logged queries (templates;
+                                        images with titles, tags or captions)
     rewrite   the rewriter's prompt     BM25 (templates) / CLIP text tower (images)
 
 A *mode* names the channels used: ``raw``, ``dense``, ``rewrite`` alone, ``hybrid`` (raw +
@@ -22,7 +23,6 @@ from typing import Any
 import numpy as np
 
 from indexers.errors import IndexStoreError
-from rewriters.errors import ConfigError
 
 from .fusion import FusionWeights, fuse_channels, term_coverage
 
@@ -60,6 +60,8 @@ class ModalityResult:
     results: list[ResultItem]
     error: str | None = None  # e.g. the index is not loaded
     channels: dict[str, float] = field(default_factory=dict)  # channel -> weight (0: dropped)
+    # channel -> its own top k before fusion (backend scores, rank in that channel only)
+    lists: dict[str, list[ResultItem]] = field(default_factory=dict)
 
 
 def _ms(t0: float) -> float:
@@ -86,8 +88,10 @@ def _combine(task: str, outcome, lists: dict[str, list], weights: dict[str, floa
                  for r, h in enumerate(lists[name][:k], start=1)]
     channels = {c: (weights.get(c, 0.0) if len(used) > 1 else float(c in used or not used))
                 for c in lists}
+    own = {c: [ResultItem(h[0], float(h[1]), {c: r}, h[2])
+               for r, h in enumerate(hits[:k], start=1)] for c, hits in lists.items()}
     return ModalityResult(task, outcome.prompt, outcome.path, len(used) > 1, version, items,
-                          channels=channels)
+                          channels=channels, lists=own)
 
 
 def _use_rewrite(channels: tuple[str, ...], outcome, query: str) -> bool:
@@ -147,23 +151,34 @@ def search_templates(index, query: str, outcome, k: int, filters: dict | None,
 def search_images(index, clip, query: str, outcome, k: int, filters: dict | None,
                   channels: tuple[str, ...], weights: FusionWeights, encoder,
                   timings: dict[str, float]) -> ModalityResult:
-    """Search the image index with the raw and rewrite channels (CLIP text tower) and fuse."""
-    if channels == ("dense",):
-        raise ConfigError("the image index has no dense text channel; use raw, rewrite or fused")
+    """Search the image index with the raw and rewrite channels (CLIP text tower) and, when
+    the index has one, the dense channel (MiniLM over titles and logged queries), and fuse."""
+    from indexers.image_text import search_image_text
+
+    want_dense = "dense" in channels and index.has_dense and encoder is not None
+    if channels == ("dense",) and not want_dense:
+        raise IndexStoreError(f"image index {index.version} has no text channel (its images "
+                              "have no titles, or it was built with --no-dense); use raw, "
+                              "rewrite or fused")
     rewrite = _use_rewrite(channels, outcome, query)
     texts = ([query] if "raw" in channels else []) + ([outcome.prompt] if rewrite else [])
     t = time.perf_counter()
-    vecs = clip.encode_texts(texts)
-    _, sim = _similarity(encoder if rewrite and "raw" in channels else None, query,
-                         outcome.prompt)
+    vecs = clip.encode_texts(texts) if texts else None
+    qvec, sim = _similarity(encoder if want_dense or (rewrite and "raw" in channels) else None,
+                            query, outcome.prompt if rewrite and "raw" in channels else None)
     timings["image.encode"] = _ms(t)
     t = time.perf_counter()
-    found = iter(index.search(vecs, max(k, MIN_DEPTH), filters))
-    timings["image.search"] = _ms(t)
+    depth = max(k, MIN_DEPTH)
+    found = iter(index.search(vecs, depth, filters) if texts else [])
     lists: dict[str, list] = {}
-    for name in ("raw", "rewrite"):
-        if name == "raw" and "raw" in channels or name == "rewrite" and rewrite:
-            lists[name] = [(h.id, h.score, dict(h.metadata)) for h in next(found)]
+    if "raw" in channels:
+        lists["raw"] = [(h.id, h.score, dict(h.metadata)) for h in next(found)]
+    if want_dense:
+        hits = search_image_text(index, qvec, depth, filters)[0]
+        lists["dense"] = [(h.id, h.score, dict(h.metadata)) for h in hits]
+    if rewrite:
+        lists["rewrite"] = [(h.id, h.score, dict(h.metadata)) for h in next(found)]
+    timings["image.search"] = _ms(t)
     w = weights.for_query(0.0, sim if encoder is not None else 1.0)
     return _combine("image", outcome, lists, {c: w[c] for c in lists}, k, index.version,
                     weights.k)

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from indexers.errors import IndexStoreError
+from indexers.images import ImageIndex
 from indexers.templates import build_template_index, open_template_index
 from plugin.channels import MIN_DEPTH, MODES, search_images, search_templates
 from plugin.fusion import FusionWeights, fuse_channels
 from plugin.rewrite import PromptOutcome
-from rewriters.errors import ConfigError
 
 from ..indexers.template_fixtures import make_templates
 from ..indexers.text_fakes import WordEncoder
@@ -199,5 +199,29 @@ def test_images_raw_fused_and_off_topic(image_index):
     assert off.channels == {"raw": 1.0, "rewrite": 0.0} and [r.id for r in off.results] == raw_ids
     on = run_images(image_index, "fused", "red cabin photo", encoder=WordEncoder())
     assert on.fused and on.channels["rewrite"] > 0
-    with pytest.raises(ConfigError, match="no dense text channel"):
+    with pytest.raises(IndexStoreError, match="has no text channel"):
         run_images(image_index, "dense", "red cabin")
+
+
+def test_images_text_channel_finds_what_users_called_an_image(image_index):
+    """A titled image index with a text channel: "crimson hut" is no caption's word, but the
+    log says users who typed it clicked img07; the dense list finds img07 first, and fused
+    lists raw, dense and rewrite with their weights."""
+    from indexers.image_text import build_image_text_index
+
+    words = WordEncoder()
+    titled = ImageIndex.build(image_index.vectors(), image_index.ids, image_index.metadata,
+                              image_index.encoder_name)
+    titled.dense = build_image_text_index(titled.ids, titled.metadata, words,
+                                          {"img07": ["crimson hut"]})
+    query = "crimson hut"
+    dense = search_images(titled, HashEncoder(), query, outcome(query, task="image"), K, None,
+                          MODES["dense"], FusionWeights(), words, {})
+    assert dense.channels == {"dense": 1.0} and dense.results[0].id == "img07"
+    fused = search_images(titled, HashEncoder(), query, outcome("crimson hut photo", task="image"),
+                          K, None, MODES["fused"], FusionWeights(), words, {})
+    assert set(fused.channels) == {"raw", "dense", "rewrite"} and fused.channels["dense"] > 0
+    assert "img07" in [r.id for r in fused.results] and "dense" in fused.results[0].ranks
+    filtered = search_images(titled, HashEncoder(), query, outcome(query, task="image"), K,
+                             {"colour": "blue"}, MODES["dense"], FusionWeights(), words, {})
+    assert filtered.results and all(r.fields["colour"] == "blue" for r in filtered.results)
