@@ -125,12 +125,16 @@ def eval_retrieval(pipeline: Pipeline, queries, qrels, task: str, out_dir: Path,
         for base in ("rewrite", "fused"):
             plan[f"{base}@len={cmd.length}.rel={cmd.relevance}"] = (base, length, rel)
     seen: dict[tuple[str, str], tuple[Command, str, str]] = {}
+    titles: dict[str, str] = {}  # doc id -> title, for the HTML report
 
     def search(q, mode: str):
         base, length, rel = plan[mode]
         res = pipeline.retrieve(q.query, task, base, cfg.k, length, rel)  # no deadline cut
         if "rewrite" in MODES[base]:
             seen[(mode, q.qid)] = (pipeline.command(task, length, rel), res.prompt, res.path)
+        for r in res.results[:10]:
+            if r.fields.get("title"):
+                titles.setdefault(r.id, str(r.fields["title"]))
         return [(r.id, r.score) for r in res.results]
 
     def tag(mode: str) -> str:
@@ -140,7 +144,9 @@ def eval_retrieval(pipeline: Pipeline, queries, qrels, task: str, out_dir: Path,
         return run_tag(mode, spec, pipeline.model_version)
 
     out_dir = Path(out_dir)
-    report = evaluate_modes(queries, qrels, search, list(plan), out_dir, cfg, tag, progress)
+    report = evaluate_modes(queries, qrels, search, list(plan), out_dir, cfg, tag, progress,
+                            prompt_of=lambda m, qid: seen[(m, qid)][1:] if (m, qid) in seen
+                            else None, title_of=titles.get)
     text = {q.qid: q.query for q in queries}
     quality = {}
     for mode in plan:

@@ -300,7 +300,7 @@ class Pipeline:
     def search(self, query: str, k: int | None = None, filters: dict[str, dict] | None = None,
                task: str | None = None, length: int | None = None,
                relevance: int | None = None, fusion: bool | None = None,
-               deadline_ms: float | None = None) -> SearchResult:
+               deadline_ms: float | None = None, lists: bool = False) -> SearchResult:
         """Rewrite the query, search every routed modality, fuse raw and rewritten results.
 
         Args:
@@ -309,6 +309,8 @@ class Pipeline:
                 "tags": [..]}}``.
             task, length, relevance: override the routing / the commands.
             fusion: override ``pipeline.fusion``.
+            lists: also return each channel's own top k (``ModalityResult.lists``), as the
+                search page shows them beside the fused list.
         """
         t0 = time.perf_counter()
         p = self.settings.pipeline
@@ -325,6 +327,9 @@ class Pipeline:
         mode = "fused" if fuse else "rewrite"
         modalities = [self._search(rw.query, o, k, filters.get(o.task), mode, timings)
                       for o in rw.prompts]
+        if not lists:
+            for m in modalities:
+                m.lists = {}
         timings["total"] = _ms(t0)
         return SearchResult(rw.query, rw, modalities, timings)
 

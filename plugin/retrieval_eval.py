@@ -30,6 +30,7 @@ import numpy as np
 
 from rewriters.errors import ConfigError, DataError
 
+from .report_html import write_html_report
 from .trec import EvalQuery, run_tag, write_trec_run
 
 __all__ = [
@@ -240,7 +241,8 @@ def _search_all(queries: Sequence[EvalQuery], search: SearchFn, modes: Sequence[
 def evaluate_modes(queries: Sequence[EvalQuery], qrels: Mapping[str, Mapping[str, int]],
                    search: SearchFn, modes: Sequence[str], out_dir: str | Path,
                    cfg: EvalConfig | None = None, tag_for_mode: Callable[[str], str] | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, prompt_of: Callable[[str, str], Any] | None = None,
+                   title_of: Callable[[str], str | None] | None = None) -> dict[str, Any]:
     """Search every query in every mode, write TREC runs, score with ranx and write the report.
 
     Args:
@@ -249,9 +251,12 @@ def evaluate_modes(queries: Sequence[EvalQuery], qrels: Mapping[str, Mapping[str
         search: ``search(query, mode)`` → hits best first; may raise for a query.
         modes: mode names (letters, digits, ``._+=@-``); the first is the baseline.
         out_dir: folder for ``runs/<mode>.trec``, ``report.json``, ``report.md``,
-            ``per_query.jsonl``, ``metrics.png`` and (two modes or more) ``deltas.png``.
+            ``report.html``, ``per_query.jsonl``, ``metrics.png`` and (two modes or more)
+            ``deltas.png``.
         cfg: depth, metrics and test; defaults to :class:`EvalConfig`.
         tag_for_mode: mode → TREC run tag (see :func:`plugin.trec.run_tag`); default the mode.
+        prompt_of, title_of: for the HTML report, (mode, qid) → (prompt, path) a mode searched
+            with, and doc id → title (see :func:`plugin.report_html.query_rows`).
 
     Returns:
         The report written to ``report.json`` (layout in the project docs and tests).
@@ -295,8 +300,10 @@ def evaluate_modes(queries: Sequence[EvalQuery], qrels: Mapping[str, Mapping[str
         per_query=str(_write_per_query(out / "per_query.jsonl", queries, judged, runs, stats, pq)),
         metrics_plot=str(plot_metrics(scores["means"], out / "metrics.png")),
         deltas_plot=str(plot_deltas(deltas, primary, base, out / "deltas.png")) if deltas else None,
-        markdown=str(out / "report.md"), report=str(out / "report.json"))
+        markdown=str(out / "report.md"), html=str(out / "report.html"),
+        report=str(out / "report.json"))
     (out / "report.md").write_text(markdown_report(report), encoding="utf-8")
+    write_html_report(out / "report.html", report, queries, judged, runs, pq, prompt_of, title_of)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return report
 

@@ -30,6 +30,7 @@ from .api_models import (RewriteRequest, RewriteResponse, SearchRequest, SearchR
                          error_response)
 from .config import Settings, get_settings
 from .pipeline import Pipeline
+from .web import install_web
 
 __all__ = ["create_app"]
 
@@ -186,7 +187,7 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
     def search(req: SearchRequest, pipe: Pipeline = Depends(current)) -> SearchResponse:
         """Fused raw + rewritten results per routed modality."""
         res = pipe.search(req.query, req.k, req.filters, req.task, req.length, req.relevance,
-                          req.fusion, _deadline(pipe, req.deadline_ms))
+                          req.fusion, _deadline(pipe, req.deadline_ms), lists=req.lists)
         metrics.observe(res.timings_ms)
         return SearchResponse.model_validate(res.to_dict())
 
@@ -213,6 +214,7 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
         """Prometheus text format."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    install_web(app, check_key)
     return app
 
 
