@@ -9,6 +9,8 @@ Public modules (import the one you need; importing the package itself loads none
     encoders           ClipEncoder (open_clip), the tiny test CLIP
     images             ImageIndex over FAISS, ImageIndexConfig, load_image_index
     image_build        build_image_index (resumable, sharded), merge_image_shards
+    image_resume       the commit log of an image build; what a resumed build may reuse
+    publish            publish checks (count drop, reject rate) and rollback
     catalog_templates  template catalogues (JSONL / CSV) -> TemplateRecord + rejects
     templates          TemplateIndex interface, build/open_template_index by backend name
     tantivy_index      the embedded template backend
@@ -19,24 +21,28 @@ Public modules (import the one you need; importing the package itself loads none
     query_log          query logs with clicks (query<TAB>clicked_id)
     dense              the dense channel: MiniLM centroids and rows in FAISS, exact search
     reindex            the batch jobs the CLI runs: reindex_images, merge_images,
-                       reindex_templates, each driven by one config object
+                       each driven by one config object
+    template_reindex   the template batch job: reindex_templates
 """
 
 __all__ = [
     "catalog_images",
     "catalog_templates",
+    "dense",
     "encoders",
     "errors",
-    "dense",
     "es_build",
     "es_dense",
     "es_index",
     "es_schema",
     "image_build",
+    "image_resume",
     "images",
+    "publish",
     "query_log",
     "reindex",
     "store",
     "tantivy_index",
+    "template_reindex",
     "templates",
 ]

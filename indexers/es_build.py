@@ -7,9 +7,11 @@ A build never touches what is being searched::
     2. load     helpers.streaming_bulk; per-document failures are collected, 429s retried
     3. refresh  and check the document count
     4. swap     ONE update_aliases call: remove alias from old index(es) + add it to the new
-    5. (keep_old=False) delete the old index(es)
+    5. (keep_old=False) delete the index that was live before the old one
 
-If 2-4 fail the new index is deleted and the alias stays where it was. Searches (``es_index``)
+If 2-4 fail the new index is deleted and the alias stays where it was. Each index records the
+one it replaced (``_meta.udrl.previous_version``): that is the last good version, which
+``keep_old=False`` never deletes and ``rollback_es_alias`` moves the alias back to. Searches (``es_index``)
 always go through the alias, so an open ``EsTemplateIndex`` follows a swap with no downtime.
 The documents, with their logged queries and row vectors, come from ``es_dense.documents``.
 """
@@ -32,7 +34,7 @@ from .es_schema import SCHEMA_VERSION, EsSettings, _describe, connect, template_
 from .query_log import normalize_query
 from .templates import BuildFailure, BuildReport, TemplateIndexConfig, TextEncoder
 
-__all__ = ["build_es_index"]
+__all__ = ["build_es_index", "es_live_version", "rollback_es_alias"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,7 @@ _RESERVED_META = frozenset(
         "expanded_items",
         "logged_queries",
         "dense",
+        "previous_version",
     }
 )
 
@@ -194,6 +197,7 @@ def _build(
             "dense": None
             if encoder is None
             else {"field": DENSE_FIELD, "rows": len(records) + sum(map(len, queries))},
+            "previous_version": old[-1] if old else None,
             **extra_meta,
         }
         es.indices.create(index=new, **template_mapping(meta, dim))
@@ -222,8 +226,11 @@ def _build(
         if isinstance(e, (ApiError, TransportError)):
             raise IndexStoreError(f"loading {new} failed, alias {alias!r} unchanged: {e}") from e
         raise
-    if not settings.keep_old:
-        for o in old:
+    if not settings.keep_old and old:
+        # the index live before stays (the last good version, for rollback); what it replaced
+        # and any extra index the alias held go
+        drop = [*old[:-1], _udrl_meta(es, old[-1]).get("previous_version")]
+        for o in dict.fromkeys(d for d in drop if d and d not in (new, old[-1])):
             _delete_quietly(es, o)
     log.info("alias %s -> %s (%d docs, %d failed; was %s)", alias, new, count, len(failures), old)
     return BuildReport(
@@ -270,3 +277,77 @@ def _delete_quietly(es: Elasticsearch, index: str) -> None:
         es.options(ignore_status=404).indices.delete(index=index)
     except (ApiError, TransportError) as e:  # the original error matters more
         log.error("could not delete index %s: %s; delete it by hand", index, e)
+
+
+def _udrl_meta(es: Elasticsearch, index: str) -> dict[str, Any]:
+    """The build metadata of ``index`` ({} when it is gone or has none)."""
+    try:
+        body = es.indices.get_mapping(index=index).body
+    except NotFoundError:
+        return {}
+    return (body.get(index, {}).get("mappings", {}).get("_meta") or {}).get("udrl") or {}
+
+
+def es_live_version(settings: EsSettings, client: Elasticsearch | None = None
+                    ) -> tuple[str | None, int | None]:
+    """(index behind ``settings.alias``, its document count), or (None, None) before the
+    first build.
+
+    Raises:
+        IndexStoreError: the cluster cannot be reached or refused the request.
+    """
+    es = client or connect(settings)
+    try:
+        targets = _alias_targets(es, settings.alias)
+        if not targets:
+            return None, None
+        return targets[-1], int(es.count(index=targets[-1])["count"])
+    except (ApiError, TransportError) as e:
+        raise IndexStoreError(f"cannot read alias {settings.alias!r}: {e}") from e
+    finally:
+        if client is None:
+            es.close()
+
+
+def rollback_es_alias(settings: EsSettings, to: str | None = None,
+                      client: Elasticsearch | None = None) -> tuple[str, str | None]:
+    """Move ``settings.alias`` back to an earlier index in one atomic ``update_aliases``.
+
+    Args:
+        to: an index built for this alias (``<alias>-v...``); None = the index the live one
+            replaced (its ``_meta.udrl.previous_version``). Rolling back again goes one more
+            step back.
+
+    Returns:
+        (the index now behind the alias, the one that was).
+
+    Raises:
+        IndexStoreError: nothing to roll back to (first build, or the earlier index was
+            deleted), ``to`` is not an index of this alias, or the cluster refused.
+    """
+    alias = settings.alias
+    es = client or connect(settings)
+    try:
+        old = _alias_targets(es, alias)
+        live = old[-1] if old else None
+        target = to if to is not None else (_udrl_meta(es, live).get("previous_version")
+                                            if live else None)
+        if target is None:
+            raise IndexStoreError(f"nothing to roll back to: {live or 'no index'} is behind "
+                                  f"alias {alias!r} and records no earlier index")
+        if not target.startswith(f"{alias}-v") or not _udrl_meta(es, target):
+            raise IndexStoreError(f"{target!r} is not an index built for alias {alias!r} (or it "
+                                  "was deleted); list them with GET _cat/indices/"
+                                  f"{alias}-v*")
+        if target == live:
+            raise IndexStoreError(f"{target} is already behind alias {alias!r}")
+        actions: list[dict[str, Any]] = [{"remove": {"index": o, "alias": alias}} for o in old]
+        actions.append({"add": {"index": target, "alias": alias}})
+        es.indices.update_aliases(actions=actions)
+    except (ApiError, TransportError) as e:
+        raise IndexStoreError(f"rolling back alias {alias!r} failed: {e}") from e
+    finally:
+        if client is None:
+            es.close()
+    log.info("alias %s -> %s (rolled back from %s)", alias, target, live)
+    return target, live

@@ -84,7 +84,8 @@ class EsSettings:
     bulk_max_retries: int = 3
     # Abort the build (alias untouched) when more than this fraction of records fail. 0-0.1.
     max_failed_fraction: float = 0.05
-    # Keep the previous index after a successful swap (for rollback); False deletes it.
+    # True keeps every older index after a swap; False deletes those older than the index that
+    # was live before (that one always stays: it is the last good version, for rollback).
     keep_old: bool = True
     # kNN candidates per shard for hybrid search; >= k, <= 10000. More is slower but better.
     num_candidates: int = 100

@@ -1,18 +1,18 @@
 """Build, resume, shard and merge image indexes inside a versioned ``IndexStore``.
 
-``build_image_index`` writes a new store version::
+``build_image_index`` writes a new store version: the plan, a commit log of encoded batches
+and their vector chunks (``image_resume``), and ``rejects.jsonl`` (records that were skipped,
+with file/line/id/reason).
 
-    build.json         what is being built (encoder, dim, source, shard, config)
-    chunks.jsonl       commit log: one line per finished batch {"chunk", "ids", "rejects"}
-    chunk-000000.npy   (B, D) float32 vectors of that batch (written, fsynced, renamed, then
-                       committed by the log line; a chunk without its line is ignored)
-    rejects.jsonl      records that were skipped, with file/line/id/reason
-
-A build that is stopped at any point is continued by running it again: the newest incomplete
-version with the same encoder, source and shard is reused and only records absent from its
-commit log are encoded. The FAISS index is built from the chunks at the end, the version is
-marked complete and published atomically; until then the previously published version keeps
-answering. Chunks are deleted after publishing (``vectors.npy`` keeps the vectors).
+A build that is stopped at any point is continued by running it again: the newest unfinished
+version with the same encoder, shard and catalogue checksum is reused, and only records that
+are not in its commit log, or whose file changed since (size or mtime), are encoded. The FAISS
+index is built from the chunks at the end; the publish checks (``publish``) compare it with
+the live version, then the version is marked complete and published atomically; until then
+the previously published version keeps answering. Chunks are deleted after publishing
+(``vectors.npy`` keeps the vectors), and so are unfinished builds older than the new version.
+A build the checks refuse stays unfinished: ``force`` on the next run publishes it without
+encoding again.
 
 Sharding (``cfg.shard = "i/n"``) encodes only records with ``crc32(id) % n == i`` into its own
 store; ``merge_image_shards`` joins the shard stores into one published version.
@@ -20,7 +20,6 @@ store; ``merge_image_shards`` joins the shard stores into one published version.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -38,17 +37,28 @@ from tqdm.auto import tqdm
 
 from .catalog_images import ImageRecord, RejectLog, load_catalog, open_image
 from .encoders import ClipEncoder, ImageEncoder
-from .errors import ConfigError, DataError, EncoderMismatchError, IndexStoreError, ModelError
+from .errors import ConfigError, DataError, EncoderMismatchError, ModelError
+from .image_resume import (
+    CHUNK_LOG,
+    catalog_checksum,
+    commit_chunk,
+    committed,
+    fingerprint,
+    gather,
+    pick_version,
+    read_chunk_log,
+)
+from .image_text import build_image_text_index, merge_image_text_indexes, save_logged_queries
 from .images import ImageIndex, ImageIndexConfig
-from .store import IndexStore
+from .publish import DEFAULT_POLICY, PublishPolicy, check_publish, enforce, store_live_version
+from .store import LOCK_FILE, IndexStore
 
 __all__ = ["BuildReport", "build_image_index", "encoder_from_config", "merge_image_shards",
            "shard_of"]
 
 log = logging.getLogger(__name__)
 
-BUILD_FILE, CHUNK_LOG = "build.json", "chunks.jsonl"
-REJECTS_FILE, LOCK_FILE = "rejects.jsonl", ".lock"
+REJECTS_FILE = "rejects.jsonl"
 
 
 @dataclass
@@ -66,6 +76,8 @@ class BuildReport:
     rejects_path: Path  # the rejects file
     index_type: str  # flat, hnsw or ivf as built
     encoder: str  # encoder name recorded in index_meta.json
+    changed: int = 0  # images encoded again because their file changed since it was encoded
+    publish_check: dict | None = None  # PublishCheck.as_dict(); None for a shard build
 
 
 def shard_of(record_id: str, n: int) -> int:
@@ -76,79 +88,6 @@ def shard_of(record_id: str, n: int) -> int:
 def encoder_from_config(cfg: ImageIndexConfig, device: str = "cpu") -> ClipEncoder:
     """The ``ClipEncoder`` that ``cfg.model_name``/``cfg.pretrained`` describe."""
     return ClipEncoder(cfg.model_name, cfg.pretrained, device=device)
-
-
-def _fsync_write(path: Path, data: bytes, mode: str = "wb") -> None:
-    with path.open(mode) as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _read_chunk_log(version: Path) -> list[dict]:
-    """Committed batches of a version, dropping a torn last line or a batch whose file is bad."""
-    path = version / CHUNK_LOG
-    if not path.exists():
-        return []
-    entries, dirty = [], False
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        try:
-            e = json.loads(raw)
-            rows = np.load(version / e["chunk"], mmap_mode="r").shape[0]
-            if rows != len(e["ids"]):
-                raise ValueError(f"{e['chunk']} holds {rows} rows for {len(e['ids'])} ids")
-            entries.append(e)
-        except (ValueError, KeyError, OSError, TypeError) as err:
-            log.warning("ignoring damaged commit in %s: %s", path, err)
-            dirty = True
-    if dirty:  # rewrite without the bad lines so later appends stay parseable
-        tmp = version / f".{CHUNK_LOG}.tmp"
-        _fsync_write(tmp, "".join(json.dumps(e) + "\n" for e in entries).encode())
-        os.replace(tmp, path)
-    return entries
-
-
-def _commit_chunk(
-    version: Path, index: int, vecs: np.ndarray, ids: list[str], rejects: list[dict]
-) -> None:
-    """Durably store one batch: vectors first, then the log line that makes them count."""
-    name = f"chunk-{index:06d}.npy"
-    tmp = version / f".{name}.tmp"
-    with tmp.open("wb") as fh:
-        np.save(fh, vecs)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, version / name)
-    line = json.dumps({"chunk": name, "ids": ids, "rejects": rejects}, ensure_ascii=False) + "\n"
-    _fsync_write(version / CHUNK_LOG, line.encode("utf-8"), mode="ab")
-
-
-def _lock(version: Path):
-    fh = (version / LOCK_FILE).open("w")
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        fh.close()
-        raise IndexStoreError(f"another build is writing {version}; wait or stop it") from None
-    return fh
-
-
-def _pick_version(store: IndexStore, plan: dict) -> tuple[Path, bool]:
-    """Newest incomplete version building the same thing (resume), else a new one."""
-    incomplete = store.incomplete_versions()
-    if incomplete:
-        newest = incomplete[-1]
-        try:
-            old = json.loads((newest / BUILD_FILE).read_text())
-            same = all(old.get(k) == plan[k] for k in ("encoder", "dim", "source", "shard"))
-        except (OSError, ValueError):
-            same = False
-        if same:
-            return newest, True
-        log.warning("not resuming %s: it builds something else (or has no %s)", newest, BUILD_FILE)
-    version = store.new_version()
-    _fsync_write(version / BUILD_FILE, json.dumps(plan, indent=2).encode())
-    return version, False
 
 
 def _prepare(
@@ -171,7 +110,7 @@ def _prepare(
     return ids, (torch.stack(pixels) if pixels else None), bad
 
 
-def _encode_all(todo, encoder, version, rejects, cfg, first_chunk, pbar) -> int:
+def _encode_all(todo, encoder, version, rejects, cfg, first_chunk, pbar, fps) -> int:
     """Encode ``todo`` in batches, committing each; decode of batch b+1 overlaps encode of b."""
     batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
     encoded = 0
@@ -188,7 +127,7 @@ def _encode_all(todo, encoder, version, rejects, cfg, first_chunk, pbar) -> int:
                 if vecs.shape != (len(ids), encoder.dim):
                     msg = f"encoder {encoder.name} gave {vecs.shape} for {len(ids)} images"
                     raise ModelError(msg)
-                _commit_chunk(version, first_chunk + b, vecs, ids, bad)
+                commit_chunk(version, first_chunk + b, vecs, ids, bad, fps)
                 rejects.extend(bad)
                 encoded += len(ids)
                 pbar.update(len(batches[b]))
@@ -198,21 +137,22 @@ def _encode_all(todo, encoder, version, rejects, cfg, first_chunk, pbar) -> int:
     return encoded
 
 
-def _collect(version: Path, by_id: dict[str, ImageRecord]) -> tuple[list[str], list[np.ndarray]]:
-    """Committed ids and vector chunks, without ids that left the catalogue since they were done."""
-    ids, chunks = [], []
-    for e in _read_chunk_log(version):
-        keep = [j for j, i in enumerate(e["ids"]) if i in by_id]
-        chunks.append(np.load(version / e["chunk"])[keep])  # (B', D)
-        ids.extend(e["ids"][j] for j in keep)
-    return ids, chunks
-
-
 def _publish(store: IndexStore, version: Path, index: ImageIndex, extra_meta: dict) -> None:
     index.meta.update(extra_meta)
     index.save(version)
     store.mark_complete(version)
     store.publish(version)
+    store.clean_unfinished()
+
+
+def _check(store_root, count: int, rejected: int, policy: PublishPolicy | None, what: str,
+           rejects: Path, kept: str = "") -> dict | None:
+    """Run the publish checks against the live version of ``store_root`` (None: no checks)."""
+    if policy is None:
+        return None
+    check = check_publish(count, rejected, *store_live_version(store_root), policy)
+    enforce(check, what, rejects, kept)
+    return check.as_dict()
 
 
 def build_image_index(
@@ -221,6 +161,10 @@ def build_image_index(
     encoder: ImageEncoder | None = None,
     cfg: ImageIndexConfig | None = None,
     progress: bool = True,
+    text_encoder=None,
+    expansions: dict[str, list[str]] | None = None,
+    extra_meta: dict | None = None,
+    policy: PublishPolicy | None = DEFAULT_POLICY,
 ) -> BuildReport:
     """Encode a catalogue and publish its index as a new version of the store at ``store_root``.
 
@@ -230,6 +174,12 @@ def build_image_index(
         encoder: image encoder; None builds ``ClipEncoder`` from ``cfg.model_name/pretrained``.
         cfg: batch size, index type and parameters, optional shard ``"i/n"``; None = defaults.
         progress: show a tqdm bar and print the throughput.
+        text_encoder: a sentence encoder: also build the text channel over the images' titles,
+            tags and captions (``image_text``); None: CLIP only.
+        expansions: image id -> logged queries that clicked it, added to the text channel.
+        extra_meta: more fields for the version's ``index_meta.json`` (e.g. the log's summary).
+        policy: publish checks against the live version (``publish.PublishPolicy``); None
+            skips them. Shard builds are not checked (their merge is).
 
     Returns:
         A ``BuildReport``; the published version path is ``report.version``.
@@ -237,6 +187,7 @@ def build_image_index(
     Raises:
         DataError: the catalogue is missing, or no image in it could be encoded.
         IndexStoreError: another build holds the version being resumed.
+        PublishRefusedError: the checks refused; the encoded vectors stay for a forced re-run.
     """
     cfg = cfg or ImageIndexConfig()
     if not Path(source).exists():
@@ -246,9 +197,10 @@ def build_image_index(
     encoder = encoder if encoder is not None else encoder_from_config(cfg)
     store = IndexStore(store_root)
     plan = {"encoder": encoder.name, "dim": int(encoder.dim), "shard": cfg.shard,
-            "source": str(Path(source).resolve()), "config": asdict(cfg)}
-    version, resuming = _pick_version(store, plan)
-    lock = _lock(version)
+            "catalog": catalog_checksum(source), "source": str(Path(source).resolve()),
+            "config": asdict(cfg)}
+    version, resuming = pick_version(store, plan)
+    lock = store.lock(version)
     try:
         rejects = RejectLog(version / REJECTS_FILE, truncate=True)
         records = load_catalog(source, rejects)
@@ -256,34 +208,47 @@ def build_image_index(
         if spec is not None:
             records = [r for r in records if shard_of(r.id, spec[1]) == spec[0]]
         by_id = {r.id: r for r in records}
-        entries = _read_chunk_log(version)
-        done: set[str] = set()
-        for e in entries:  # work of the interrupted run: its vectors and its decode rejects
-            done.update(e["ids"])
-            done.update(row["id"] for row in e["rejects"])
-            rejects.extend([row for row in e["rejects"] if row["id"] in by_id])
+        fps = {r.id: fingerprint(r.path) for r in records}
+        entries = read_chunk_log(version)
+        # work of the interrupted run whose files are unchanged: its vectors and decode rejects
+        at, old_rejects, changed = committed(entries, fps)
+        rejects.extend(old_rejects)
+        done = set(at) | {row["id"] for row in old_rejects}
         todo = [r for r in records if r.id not in done]
-        resumed = sum(i in by_id for e in entries for i in e["ids"])
+        resumed = len(at)
         if resuming:
-            log.info(
-                "resuming %s: %d images already encoded, %d to go", version, resumed, len(todo)
-            )
+            log.info("resuming %s: %d images already encoded, %d changed since, %d to go",
+                     version, resumed, changed, len(todo))
 
         first_chunk = 1 + max((int(e["chunk"][6:12]) for e in entries), default=-1)
         t0 = time.perf_counter()
         bar = tqdm(total=len(records), initial=len(records) - len(todo), disable=not progress,
                    desc="encoding images", unit="img")
         with bar:
-            encoded = _encode_all(todo, encoder, version, rejects, cfg, first_chunk, bar)
+            encoded = _encode_all(todo, encoder, version, rejects, cfg, first_chunk, bar, fps)
         secs = time.perf_counter() - t0
         rate = encoded / secs if encoded and secs > 0 else 0.0
 
-        ids, chunks = _collect(version, by_id)
+        at = committed(read_chunk_log(version), fps)[0]
+        ids = [r.id for r in records if r.id in at]  # catalogue order, as a clean build has it
         if not ids:
             raise DataError(f"no image from {source} could be encoded; see {rejects.path}")
+        check = _check(store_root, len(ids), rejects.count, None if spec else policy,
+                       str(source), rejects.path, " (the encoded images are kept: the next "
+                       "run with --force publishes them without encoding again)")
         metadata = [by_id[i].metadata() for i in ids]
-        index = ImageIndex.build(np.concatenate(chunks), ids, metadata, encoder.name, cfg)
-        extra = {"source": plan["source"], "shard": cfg.shard, "rejected": rejects.count}
+        vectors = gather(version, ids, at, encoder.dim)  # (N, D)
+        index = ImageIndex.build(vectors, ids, metadata, encoder.name, cfg)
+        extra = {"source": plan["source"], "shard": cfg.shard, "rejected": rejects.count,
+                 **(extra_meta or {})}
+        if text_encoder is not None:
+            index.dense = build_image_text_index(ids, metadata, text_encoder, expansions,
+                                                 progress=progress)
+            extra["text_channel"] = None if index.dense is None else {
+                "encoder": index.dense.encoder_name, "items": index.dense.n_items,
+                "rows": len(index.dense)}
+            if index.dense is not None and expansions:
+                save_logged_queries(version, {i: expansions[i] for i in ids if i in expansions})
         _publish(store, version, index, extra)
     finally:
         lock.close()
@@ -302,7 +267,7 @@ def build_image_index(
         version=version, count=len(index), encoded=encoded, resumed=resumed,
         rejected=rejects.count, skipped_other_shards=n_all - len(records), encode_seconds=secs,
         images_per_s=rate, rejects_path=rejects.path, index_type=index.index_type,
-        encoder=encoder.name,
+        encoder=encoder.name, changed=changed, publish_check=check,
     )
 
 
@@ -310,6 +275,7 @@ def merge_image_shards(
     shard_dirs: Sequence[str | os.PathLike[str]],
     store_root: str | os.PathLike[str],
     cfg: ImageIndexConfig | None = None,
+    policy: PublishPolicy | None = DEFAULT_POLICY,
 ) -> BuildReport:
     """Join the live versions of shard stores into one new published version at ``store_root``.
 
@@ -317,11 +283,13 @@ def merge_image_shards(
         shard_dirs: stores written by ``build_image_index`` with ``cfg.shard = "i/n"``.
         store_root: destination store (may already serve an older version).
         cfg: index type and parameters; None reuses the first shard's config (unsharded).
+        policy: publish checks against the live version at ``store_root``; None skips them.
 
     Raises:
         EncoderMismatchError: shards were encoded by different encoders or dims.
         ConfigError: shard specs disagree on n, repeat an i, or leave a shard out.
         DataError: an id occurs in two shards.
+        PublishRefusedError: the checks refused (nothing is written at ``store_root``).
     """
     if not shard_dirs:
         raise ConfigError("merge_image_shards needs at least one shard directory")
@@ -348,6 +316,12 @@ def merge_image_shards(
                 raise DataError(f"id {i!r} occurs in shard {owner[i]} and in shard {d}")
             owner[i] = d
     cfg = cfg or replace(ImageIndexConfig(**first.meta["config"]), shard=None)
+    logs = [RejectLog(IndexStore(d).open_current() / REJECTS_FILE) for d, _ in parts]
+    rows = [row for shard_log in logs for row in shard_log.rows()]
+    # catalogue-level rejects (bad manifest lines) are reported by every shard: keep one copy
+    unique = list({json.dumps(r, sort_keys=True): r for r in rows}.values())
+    check = _check(store_root, len(owner), len(unique), policy, "the merged shards",
+                   logs[0].path)
     store = IndexStore(store_root)
     version = store.new_version()
     vectors = np.concatenate([ix.vectors() for _, ix in parts])  # (N, D)
@@ -355,15 +329,16 @@ def merge_image_shards(
     index = ImageIndex.build(
         vectors, ids, [m for _, ix in parts for m in ix.metadata], first.encoder_name, cfg
     )
+    index.dense = merge_image_text_indexes([ix.dense for _, ix in parts])
+    seen = set().union(*(ix.logged_queries() for _, ix in parts))
+    if index.dense is not None and seen:
+        save_logged_queries(version, {"": sorted(seen)})
     rejects = RejectLog(version / REJECTS_FILE, truncate=True)
-    logs = [RejectLog(IndexStore(d).open_current() / REJECTS_FILE) for d, _ in parts]
-    rows = [row for shard_log in logs for row in shard_log.rows()]
-    # catalogue-level rejects (bad manifest lines) are reported by every shard: keep one copy
-    rejects.extend(list({json.dumps(r, sort_keys=True): r for r in rows}.values()))
+    rejects.extend(unique)
     extra = {"merged_from": [str(d) for d, _ in parts], "rejected": rejects.count}
     _publish(store, version, index, extra)
     return BuildReport(
         version=version, count=len(index), encoded=0, resumed=0, rejected=rejects.count,
         skipped_other_shards=0, encode_seconds=0.0, images_per_s=0.0, rejects_path=rejects.path,
-        index_type=index.index_type, encoder=first.encoder_name,
+        index_type=index.index_type, encoder=first.encoder_name, publish_check=check,
     )

@@ -41,7 +41,7 @@ import tantivy
 from .catalog_templates import TemplateRecord, records_checksum
 from .dense import DenseIndex, load_text_encoder
 from .errors import ConfigError, DataError, IndexStoreError
-from .store import IndexStore
+from .store import LOCK_FILE, IndexStore
 from .templates import (
     BuildReport,
     TemplateHit,
@@ -130,7 +130,8 @@ def build_tantivy_index(
         root: the IndexStore directory; created if missing.
         config: field boosts to save with the build (defaults: TemplateIndexConfig()).
         keep_versions: after publishing, delete older versions beyond this many (the live
-            one is always kept); None keeps everything.
+            one and the one live before it are always kept); None keeps everything.
+            Unfinished builds older than the new version are deleted too.
         expansions: template id -> logged queries that clicked it (``QueryLog.expansions``);
             indexed in the ``queries`` field and as dense rows.
         encoder: builds the dense channel (``indexers.dense``) into the same version.
@@ -150,17 +151,10 @@ def build_tantivy_index(
     if len(set(ids)) != len(ids):
         raise DataError("records contain duplicate ids; load them with read_templates")
     store = IndexStore(root)
-    stale = store.incomplete_versions()
-    if stale:
-        log.warning(
-            "ignoring %d unfinished build(s) under %s: %s",
-            len(stale),
-            root,
-            [p.name for p in stale],
-        )
     previous = store.current()
     start = time.perf_counter()
     version = store.new_version()
+    lock = store.lock(version)  # a build killed before publishing is cleaned up by a later one
     writer = None
     try:
         index = tantivy.Index(_schema(), path=str(version), reuse=False)
@@ -202,6 +196,10 @@ def build_tantivy_index(
         if isinstance(e, (ValueError, OSError)) and not isinstance(e, IndexStoreError):
             raise IndexStoreError(f"building a tantivy index under {root} failed: {e}") from e
         raise
+    finally:
+        lock.close()
+    (version / LOCK_FILE).unlink(missing_ok=True)
+    store.clean_unfinished()
     if keep_versions is not None:
         store.prune(keep=keep_versions)
     return BuildReport(

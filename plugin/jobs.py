@@ -376,7 +376,7 @@ def index_templates_job(settings: Settings, source: Path, rejects: Path | None =
     """Build a new template-index version from a catalogue (expanded with the query log's
     clicks, with a dense channel and fusion weights fitted on the log) and switch to it
     atomically."""
-    from indexers.reindex import TemplateReindexConfig, reindex_templates
+    from indexers.template_reindex import TemplateReindexConfig, reindex_templates
 
     from .fusion_fit import fit_fusion
 

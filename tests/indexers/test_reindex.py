@@ -13,14 +13,13 @@ from indexers.image_build import shard_of
 from indexers.images import load_image_index
 from indexers.reindex import (
     ImageReindexConfig,
-    TemplateReindexConfig,
     find_shards,
     merge_images,
     reindex_images,
-    reindex_templates,
     shard_store,
 )
 from indexers.store import IndexStore
+from indexers.template_reindex import TemplateReindexConfig, reindex_templates
 from indexers.templates import open_template_index
 
 from .conftest import N_GOOD

@@ -214,11 +214,15 @@ def test_alias_swap_is_one_update_aliases_call(es, settings, catalog):
     )
 
 
-def test_keep_old_false_deletes_old_index_after_swap(es, settings, catalog):
+def test_keep_old_false_keeps_only_the_last_good_index(es, settings, catalog):
     first = build_es_index(catalog.records[:30], settings)
     drop = replace(settings, keep_old=False)
     second = build_es_index(catalog.records[:40], drop)
-    assert set(es.indices) == {second.version}
+    # the index live before the swap is the last good version: it stays for rollback
+    assert set(es.indices) == {first.version, second.version}
+    third = build_es_index(catalog.records[:50], drop)
+    assert set(es.indices) == {second.version, third.version}
+    assert es.aliases == {ALIAS: {third.version}}
     paths = [(r.method, r.path) for r in es.requests]
     assert paths.index(("DELETE", f"/{first.version}")) > max(
         i for i, p in enumerate(paths) if p == ("POST", "/_aliases")

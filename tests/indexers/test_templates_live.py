@@ -66,9 +66,12 @@ def test_reindex_swaps_alias(settings, catalog):
         assert ix.count() == 100
         second = build_es_index(catalog.records, replace(settings, keep_old=False))
         assert ix.count() == 300  # the open index follows the alias: no downtime, no reopen
+        third = build_es_index(catalog.records[:200], replace(settings, keep_old=False))
+        assert ix.count() == 200
     es = connect(settings)
     try:
-        assert set(es.indices.get_alias(name=settings.alias).body) == {second.version}
+        assert set(es.indices.get_alias(name=settings.alias).body) == {third.version}
+        assert es.indices.exists(index=second.version)  # live before: kept for rollback
         assert not es.indices.exists(index=first.version)
     finally:
         es.close()
