@@ -137,11 +137,12 @@ def fit_fusion(records: Sequence[Any], qlog: QueryLog | None, encoder,
 
 
 def fusion_weights(p, fitted: dict[str, Any] | None = None) -> FusionWeights:
-    """The fusion weights of the pipeline settings ``p``, with the ``FITTED`` ones replaced by
-    those fitted on the training log (``fitted``, from the index) when ``p.fitted_fusion``."""
+    """The fusion weights of the pipeline settings ``p``, with those fitted on the training
+    log replaced when ``p.fitted_fusion``: ``FITTED`` (from the index) and ``rewrite`` /
+    ``rewrite_floor`` (from ``plugin.rewrite_fit``, next to the model)."""
     base = dict(raw=p.raw_weight, raw_coverage=p.coverage_weight,
                 coverage_floor=p.coverage_floor, dense=p.dense_weight,
                 rewrite=p.rewrite_weight, rewrite_floor=p.rewrite_floor, k=p.rrf_k)
     if fitted and p.fitted_fusion:
-        base.update({n: fitted[n] for n in FITTED if n in fitted})
+        base.update({n: fitted[n] for n in (*FITTED, "rewrite", "rewrite_floor") if n in fitted})
     return FusionWeights(**base)
