@@ -20,7 +20,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HURT_TOP", "PromptFn", "TitleFn", "query_rows", "html_report", "write_html_report"]
+__all__ = ["HURT_TOP", "PromptFn", "TitleFn", "html_report", "query_rows", "write_html_report"]
 
 HURT_TOP = 10  # queries listed by a "most hurt" button
 STATIC = Path(__file__).parent / "static"
@@ -174,9 +174,6 @@ def _query_table(rows: Sequence[Mapping[str, Any]], modes: Sequence[str], metric
             f'<td class="query"><span class="qid">{escape(r["qid"])}</span> '
             f"{escape(r['query'])}</td><td class=\"num\">{r['scores'][base]:.4f}</td>{deltas}"
             f"<td>{_prompts_cell(r)}</td><td>{_hits_cell(r, modes)}</td></tr>")
-    buttons = "".join(f'<button class="hurt" data-key="d{j}" data-mode="{escape(m)}">'
-                      f"{HURT_TOP} most hurt by {escape(m)}</button>"
-                      for j, m in enumerate(others))
     return (f"<table id=\"queries\"><thead><tr><th><button class=\"sort\" "
             f"data-key=\"order\">query</button></th><th>{escape(metric)} {escape(base)}</th>"
             f"{head}<th>prompt(s)</th><th>top hits · grade</th></tr></thead>"

@@ -25,9 +25,10 @@ import io
 import logging
 import threading
 import weakref
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -38,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from indexers.catalog_images import IMAGE_SUFFIXES
 from rewriters.commands import LENGTH_MAX, LENGTH_MIN
 
-__all__ = ["STATIC_DIR", "PAGE_CSP", "THUMB_PX", "install_web", "image_file", "thumbnail_bytes"]
+__all__ = ["PAGE_CSP", "STATIC_DIR", "THUMB_PX", "image_file", "install_web", "thumbnail_bytes"]
 
 log = logging.getLogger(__name__)
 

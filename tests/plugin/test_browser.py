@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from plugin.cli import main
-from plugin.rewrite import write_precomputed
 from plugin.retrieval_eval import EvalConfig, evaluate_modes
+from plugin.rewrite import write_precomputed
 from plugin.trec import EvalQuery
 
 from .browser import MISSING_BROWSER, RENDERED_LISTS, find_chromium, served, wait_for
