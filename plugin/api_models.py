@@ -1,48 +1,85 @@
 """The HTTP API's request and response bodies and its error body (``plugin.service`` wires them).
 
-Request bodies are checked once here, at the edge; the pipeline gets checked values.
+Request bodies are checked once here, at the edge, in pydantic's strict mode: ``"length": "12"``
+or ``"fusion": "yes"`` is a 422, not a silent conversion. The pipeline gets checked values.
+
+Every error the service answers has one body, :class:`ErrorResponse`::
+
+    {"error": {"code": "invalid_request", "message": "length: Input should be a valid integer"}}
+
+and :func:`error_responses` documents it in OpenAPI for the statuses a route really returns.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from rewriters.commands import LENGTH_MAX, LENGTH_MIN
 
 from .pipeline import MAX_QUERY_CHARS
 
-__all__ = ["Task", "RewriteRequest", "SearchRequest", "PromptOut", "RewriteResponse",
-           "ResultOut", "ModalityOut", "SearchResponse", "error_response"]
+__all__ = [
+    "ComponentOut",
+    "ErrorDetail",
+    "ErrorResponse",
+    "ModalityOut",
+    "PromptOut",
+    "ReadyResponse",
+    "ResultOut",
+    "RewriteRequest",
+    "RewriteResponse",
+    "SearchRequest",
+    "SearchResponse",
+    "Task",
+    "error_response",
+    "error_responses",
+]
 
 Task = Literal["image", "template"]
 
 
-class RewriteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _integral(value: Any) -> Any:
+    # JSON Schema's integer includes 12.0; strict mode alone would refuse it
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
-    query: str = Field(..., min_length=1, max_length=MAX_QUERY_CHARS, description="Search query.")
+
+def _int(low: int, high: int) -> Any:
+    """An integer in [low, high] that also accepts 12.0 (but never "12" or true)."""
+    return Annotated[int, Field(ge=low, le=high), BeforeValidator(_integral)]
+
+
+Length, Relevance = _int(LENGTH_MIN, LENGTH_MAX), _int(0, 4)
+# a query needs a word: at least one character that str.split() does not drop
+QUERY = dict(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")
+
+
+class RewriteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
+
+    query: str = Field(..., **QUERY, description="Search query.")
     task: Task | None = Field(None, description="Rewrite for this task only (default: intent).")
-    length: int | None = Field(None, ge=LENGTH_MIN, le=LENGTH_MAX, description="Target words.")
-    relevance: int | None = Field(None, ge=0, le=4, description="Relevance bucket, 4 = best.")
-    n: int = Field(1, ge=1, le=8, description="Prompts per task.")
-    deadline_ms: float | None = Field(None, gt=0, description="Lower the model deadline.")
+    length: Length | None = Field(None, description="Target words.")
+    relevance: Relevance | None = Field(None, description="Relevance bucket, 4 = best.")
+    n: _int(1, 8) = Field(1, description="Prompts per task.")
+    deadline_ms: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                      description="Lower the deadline (milliseconds).")
 
 
 class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
 
-    query: str = Field(..., min_length=1, max_length=MAX_QUERY_CHARS)
-    k: int | None = Field(None, ge=1, le=1000, description="Results per modality.")
+    query: str = Field(..., **QUERY, description="Search query.")
+    k: _int(1, 1000) | None = Field(None, description="Results per modality.")
     filters: dict[Task, dict[str, Any]] | None = Field(
         None, description='Per modality, e.g. {"template": {"category": "invitation"}}.')
     task: Task | None = None
-    length: int | None = Field(None, ge=LENGTH_MIN, le=LENGTH_MAX)
-    relevance: int | None = Field(None, ge=0, le=4)
+    length: Length | None = None
+    relevance: Relevance | None = None
     fusion: bool | None = Field(None, description="Override RRF fusion of raw and rewrite.")
-    deadline_ms: float | None = Field(None, gt=0)
+    deadline_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
     lists: bool = Field(False, description="Also return each channel's own top k per modality "
                         "(raw, dense, rewrite), as the search page at / shows them.")
 
@@ -58,6 +95,10 @@ class PromptOut(BaseModel):
     rejected: list[str]
     reason: str | None
     alternatives: list[str]
+    requested: int = Field(1, description="Prompts asked for (the request's n).")
+    returned: int = Field(1, description="Prompts returned: 1 + len(alternatives). Fewer than "
+                          "requested when duplicates or refused prompts were dropped, or the "
+                          "raw query was used.")
 
 
 class RewriteResponse(BaseModel):
@@ -97,6 +138,92 @@ class SearchResponse(BaseModel):
     timings_ms: dict[str, float]
 
 
-def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+def error_response(status: int, code: str, message: str,
+                   headers: dict | None = None) -> JSONResponse:
+    """The ``ErrorResponse`` body with ``status``."""
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
                         headers=headers)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(..., description="Machine-readable: bad_request, unauthorized, "
+                      "body_too_large, invalid_request, not_found, method_not_allowed, "
+                      "unavailable, index_unavailable, not_ready.")
+    message: str = Field(..., description="What was wrong, naming the value and the fix.")
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error answer."""
+
+    error: ErrorDetail
+
+
+class ComponentOut(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    loaded: bool
+    version: str | None = None
+    error: str | None = Field(None, description="Why it is not loaded (e.g. the index backend "
+                              "cannot be reached, or no index was built).")
+
+
+class ReadyResponse(BaseModel):
+    ready: bool = Field(..., description="The rewriter, the intent model and every index in "
+                        "service.require_indexes are loaded.")
+    components: dict[str, ComponentOut]
+
+
+_ERRORS = {
+    400: "A value the pipeline refuses, e.g. a query with no words.",
+    401: "Missing or wrong X-API-Key header (when the service has a key).",
+    413: "The request body is over service.max_body_bytes.",
+    422: "Malformed body: not JSON, a wrong type, an unknown field or a value out of range.",
+    503: "Not ready: the pipeline is still loading, or an index backend is unavailable.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route returns, all with ``ErrorResponse``.
+
+    Args:
+        statuses: any of 400, 401, 413, 422, 503.
+    """
+    return {status: {"model": ErrorResponse, "description": _ERRORS[status]}
+            for status in statuses}
+
+
+def document_errors(spec: dict[str, Any]) -> dict[str, Any]:
+    """Make an OpenAPI document say what every route really answers on error.
+
+    FastAPI documents its own ``{detail: [...]}`` 422 body and knows nothing of the key check or
+    the body limit, which live in dependencies and middleware. This rewrites, for every route
+    (also those added beside the API, such as the search page's): 422 and any other error status
+    without a body get ``ErrorResponse``; a route behind the API key gets 401; a POST gets 413.
+    HEAD routes answer without a body and are left as they are.
+    """
+    ref = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+    for ops in spec.get("paths", {}).values():
+        for method, op in ops.items():
+            if method == "head":
+                continue
+            responses = op.setdefault("responses", {})
+            if any("ApiKey" in sec for sec in op.get("security", [])):
+                responses.setdefault("401", {"description": _ERRORS[401]})
+            if method == "post":
+                responses.setdefault("413", {"description": _ERRORS[413]})
+            for status, resp in responses.items():
+                if status.isdigit() and int(status) >= 400 and (
+                        not resp.get("content") or status == "422"):
+                    resp["content"] = ref
+                    if status == "422":
+                        resp["description"] = _ERRORS[422]
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+    if "ErrorResponse" not in schemas:
+        from pydantic.json_schema import models_json_schema
+
+        _, defs = models_json_schema([(ErrorResponse, "serialization")],
+                                     ref_template="#/components/schemas/{model}")
+        schemas.update(defs["$defs"])
+    return spec

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,29 @@ def _ms(t0: float) -> float:
 
 def _template_fields(h) -> dict[str, Any]:
     return {"title": h.title, "category": h.category, "tags": list(h.tags), **h.fields}
+
+
+def _catalogue_root(index) -> Path | None:
+    """The folder an image index's catalogue paths are relative to: the manifest's folder, or
+    the image folder it was built from (``source`` in its ``index_meta.json``)."""
+    source = (getattr(index, "meta", None) or {}).get("source")
+    if not source:
+        return None
+    p = Path(source)
+    return p.parent if p.suffix.lower() in (".jsonl", ".json", ".ndjson") else p
+
+
+def _image_fields(meta: dict[str, Any], root: Path | None) -> dict[str, Any]:
+    """An image hit's fields as the catalogue names it: ``path`` relative to the catalogue,
+    never where the file lies on this server (dropped when it lies outside the catalogue)."""
+    out = dict(meta)
+    path = out.pop("path", None)
+    if path and root is not None:
+        try:
+            out["path"] = Path(path).relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return out
 
 
 def _combine(task: str, outcome, lists: dict[str, list], weights: dict[str, float], k: int,
@@ -161,6 +185,11 @@ def search_images(index, clip, query: str, outcome, k: int, filters: dict | None
                               "have no titles, or it was built with --no-dense); use raw, "
                               "rewrite or fused")
     rewrite = _use_rewrite(channels, outcome, query)
+    root = _catalogue_root(index)
+
+    def fields(meta: dict[str, Any]) -> dict[str, Any]:
+        return _image_fields(meta, root)
+
     texts = ([query] if "raw" in channels else []) + ([outcome.prompt] if rewrite else [])
     t = time.perf_counter()
     vecs = clip.encode_texts(texts) if texts else None
@@ -172,12 +201,12 @@ def search_images(index, clip, query: str, outcome, k: int, filters: dict | None
     found = iter(index.search(vecs, depth, filters) if texts else [])
     lists: dict[str, list] = {}
     if "raw" in channels:
-        lists["raw"] = [(h.id, h.score, dict(h.metadata)) for h in next(found)]
+        lists["raw"] = [(h.id, h.score, fields(h.metadata)) for h in next(found)]
     if want_dense:
         hits = search_image_text(index, qvec, depth, filters)[0]
-        lists["dense"] = [(h.id, h.score, dict(h.metadata)) for h in hits]
+        lists["dense"] = [(h.id, h.score, fields(h.metadata)) for h in hits]
     if rewrite:
-        lists["rewrite"] = [(h.id, h.score, dict(h.metadata)) for h in next(found)]
+        lists["rewrite"] = [(h.id, h.score, fields(h.metadata)) for h in next(found)]
     timings["image.search"] = _ms(t)
     w = weights.for_query(0.0, sim if encoder is not None else 1.0)
     return _combine("image", outcome, lists, {c: w[c] for c in lists}, k, index.version,

@@ -127,6 +127,7 @@ class Pipeline:
                                                sv.batch_wait_ms)
         self.cache = RewriteCache(settings.pipeline.cache_size)
         self.counters: Counter[str] = Counter()  # path:<p>, fallback:<reason>
+        self.load_errors: dict[str, str] = {}  # component -> why it is not loaded (/readyz)
         pre = settings.precomputed_path
         self.precomputed: dict[str, int] | None = None
         if load_precomputed and (settings.pipeline.precomputed is not None or pre.is_file()):
@@ -206,6 +207,7 @@ class Pipeline:
         timings["rewrite"] = _ms(t)
         path = max((p.path for p in prompts), key=PATHS.index, default="raw")
         for p in prompts:
+            p.requested, p.returned = n, 1 + len(p.alternatives)
             self.counters[f"path:{p.path}"] += 1
             if p.reason:
                 self.counters[f"fallback:{p.reason.split(':')[0]}"] += 1
@@ -384,8 +386,8 @@ class Pipeline:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def components(self) -> dict[str, dict[str, Any]]:
-        """What is loaded, with versions (for /readyz)."""
-        return {
+        """What is loaded, with versions, and why a component is not (for /readyz)."""
+        parts = {
             "rewriter": {"loaded": True, "version": self.model_version,
                          "engine": type(self.rewriter).__name__},
             "intent": {"loaded": self.intent is not None},
@@ -394,6 +396,9 @@ class Pipeline:
             "template_index": {"loaded": self.template_index is not None,
                                "version": getattr(self.template_index, "version", None)},
         }
+        for name, why in self.load_errors.items():
+            parts[name]["error"] = why
+        return parts
 
     def close(self) -> None:
         self.batcher.close()

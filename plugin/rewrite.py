@@ -60,6 +60,10 @@ class PromptOutcome:
     rejected: list[str] = field(default_factory=list)  # why earlier attempts were refused
     reason: str | None = None  # why the raw query is used (path "raw")
     alternatives: list[str] = field(default_factory=list)  # extra prompts when n > 1
+    # prompts asked for (n) and returned (1 + alternatives): fewer when sampled duplicates or
+    # refused prompts were dropped, or when the raw query is used
+    requested: int = 1
+    returned: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
