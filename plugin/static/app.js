@@ -142,7 +142,7 @@ function badge(path) {
 function promptBlock(p) {
   if (!p) return null;
   const asked = p.command.length;
-  const off = p.words - asked;
+  const off = p.path === "raw" ? 0 : p.words - asked;  // the raw query was not asked to fit
   const count = el("span", {
     class: "words" + (off ? " off" : ""), "data-words": p.words, "data-asked": asked,
     text: `${p.words} words · asked ${asked}` + (off ? ` (${off > 0 ? "+" : ""}${off})` : ""),

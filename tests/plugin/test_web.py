@@ -88,7 +88,8 @@ def test_page_and_assets_carry_a_strict_csp(client_with):
     assert "http" not in csp and "*" not in csp and "unsafe-inline" not in csp
     assert page.headers["x-content-type-options"] == "nosniff"
     assert page.headers["x-frame-options"] == "DENY"
-    for asset, kind in (("/ui/app.js", "javascript"), ("/ui/style.css", "text/css")):
+    for asset, kind in (("/ui/app.js", "javascript"), ("/ui/style.css", "text/css"),
+                        ("/ui/favicon.svg", "image/svg+xml")):
         r = client.get(asset)
         assert r.status_code == 200 and kind in r.headers["content-type"]
         assert r.headers["content-security-policy"] == csp
