@@ -263,8 +263,8 @@ def read_templates(
         raise DataError(f"catalogue {path} does not exist") from e
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"catalogue {path} cannot be read: {e}") from e
-    for r in out.rejects:
-        log.warning("skipped template %s", r)
+    for r in out.rejects:  # the caller reports the count and the rejects file (one line)
+        log.debug("skipped template %s", r)
     if rejects_path is not None:
         write_rejects(rejects_path, out.rejects)
     return out

@@ -255,8 +255,9 @@ def build_image_index(
     for p in [version / CHUNK_LOG, *version.glob("chunk-*.npy"), version / LOCK_FILE]:
         p.unlink(missing_ok=True)  # the published vectors.npy holds the vectors now
 
+    again = f" ({changed} again: their file changed since)" if changed else ""
     msg = (
-        f"encoded {encoded} images in {secs:.1f}s ({rate:.1f} images/s); {resumed} resumed, "
+        f"encoded {encoded} images{again} in {secs:.1f}s ({rate:.1f} images/s); {resumed} resumed, "
         f"{rejects.count} rejected -> {rejects.path}; {index.index_type} index of {len(index)} "
         f"published at {version}"
     )

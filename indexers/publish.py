@@ -192,8 +192,7 @@ def rollback_store(root: str | os.PathLike[str], to: str | None = None) -> dict[
     """
     target, was = IndexStore(root).rollback(to)
     return {"store_root": str(Path(root)), "version": target.name,
-            "previous_version": was.name if was else None,
-            "count": store_live_version(root)[1]}
+            "previous_version": was.name, "count": store_live_version(root)[1]}
 
 
 def rollback_templates(backend: str, root: str | os.PathLike[str] | None = None,

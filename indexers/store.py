@@ -189,7 +189,7 @@ class IndexStore:
                 return self.versions / name
         return None
 
-    def rollback(self, to: str | None = None) -> tuple[Path, Path | None]:
+    def rollback(self, to: str | None = None) -> tuple[Path, Path]:
         """Make an earlier version live again, atomically.
 
         Args:
@@ -200,27 +200,30 @@ class IndexStore:
             (the version now live, the version that was live).
 
         Raises:
-            IndexStoreError: there is nothing to roll back to, or ``to`` is not a complete
-                version (or is the live one).
+            IndexStoreError: nothing was published, there is nothing to roll back to, or ``to``
+                is not a complete version (or is the live one).
         """
         live = self.current()
+        if live is None:
+            raise IndexStoreError(f"nothing to roll back to under {self.root}: no version has "
+                                  "been published yet")
         history = self.history()
         if to is None:
             target = self.previous()
             if target is None:
                 have = ", ".join(p.name for p in self.complete_versions()) or "none"
                 raise IndexStoreError(f"nothing to roll back to under {self.root}: no complete "
-                                      f"version was live before {live.name if live else 'none'}"
-                                      f" (complete versions: {have})")
+                                      f"version was live before {live.name}; name one with "
+                                      f"--to (complete versions: {have})")
             if target.name in history:
                 history = history[: len(history) - history[::-1].index(target.name)]
             else:
                 history.append(target.name)
         else:
             target = self.version(to)
-            if live is not None and target.name == live.name:
+            if target.name == live.name:
                 raise IndexStoreError(f"{to} is already the live version under {self.root}")
-            if live is not None and (not history or history[-1] != live.name):
+            if not history or history[-1] != live.name:
                 history.append(live.name)
             history.append(target.name)
         self._point(target, history)

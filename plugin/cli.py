@@ -242,6 +242,8 @@ def eval_rewriter(
 
 index_app = typer.Typer(no_args_is_help=True, help="Build and re-index catalogues.")
 app.add_typer(index_app, name="index")
+_FORCE_HELP = ("Publish even when the count falls below index.publish_min_count_ratio of the "
+               "live version's or the reject rate is above index.publish_max_reject_rate.")
 
 
 @index_app.command("images")
@@ -253,21 +255,23 @@ def index_images(
     pretrained: Optional[str] = typer.Option(None, help="Tag, checkpoint path, or 'none'."),
     index_type: Optional[str] = typer.Option(None, help="auto | flat | hnsw | ivf"),
     rejects: Optional[Path] = typer.Option(None, help="Also write rejects here."),
+    force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
 ) -> None:
     """Encode images with CLIP into a new FAISS index version and publish it atomically."""
     from .jobs import index_images_job
 
     s = _settings(ctx, **{"index.clip_model": clip_model, "index.clip_pretrained": pretrained,
                           "index.image_index_type": index_type})
-    _print_json(index_images_job(s, source, shard=shard, rejects=rejects))
+    _print_json(index_images_job(s, source, shard=shard, rejects=rejects, force=force))
 
 
 @index_app.command("merge")
-def index_merge(ctx: typer.Context) -> None:
+def index_merge(ctx: typer.Context,
+                force: bool = typer.Option(False, "--force", help=_FORCE_HELP)) -> None:
     """Merge the image shards built with --shard into one published index."""
     from .jobs import merge_images_job
 
-    _print_json(merge_images_job(_settings(ctx)))
+    _print_json(merge_images_job(_settings(ctx), force=force))
 
 
 @index_app.command("templates")
@@ -281,13 +285,32 @@ def index_templates(
                                        "lines; each template is expanded with its clicks."),
     dense: Optional[bool] = typer.Option(None, "--dense/--no-dense",
                                          help="Build the dense (MiniLM) channel."),
+    force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
 ) -> None:
     """Build a new template index version and switch to it atomically (alias swap on ES)."""
     from .jobs import index_templates_job
 
     s = _settings(ctx, **{"index.template_backend": backend, "index.es_url": es_url,
                           "index.dense": dense})
-    _print_json(index_templates_job(s, source, rejects=rejects, log=log))
+    _print_json(index_templates_job(s, source, rejects=rejects, log=log, force=force))
+
+
+@index_app.command("rollback")
+def index_rollback(
+    ctx: typer.Context,
+    which: str = typer.Argument(..., help="templates | images"),
+    to: Optional[str] = typer.Option(None, "--to", help="Version (or Elasticsearch index) to "
+                                     "make live; default: the one live before the live one."),
+    backend: Optional[str] = typer.Option(None, help="tantivy | elasticsearch (templates)"),
+    es_url: Optional[str] = typer.Option(None, help="Elasticsearch URL."),
+) -> None:
+    """Make an earlier index version live again (atomic pointer swap or alias move)."""
+    from .jobs import rollback_job
+
+    if which not in ("templates", "images"):
+        raise UdrlError(f"unknown index {which!r}; allowed: templates, images")
+    s = _settings(ctx, **{"index.template_backend": backend, "index.es_url": es_url})
+    _print_json(rollback_job(s, which, to))
 
 
 from . import cli_serving  # noqa: E402  (commands that need `app`)

@@ -118,6 +118,16 @@ class IndexSettings(BaseModel):
     text_model: str | None = None  # sentence-transformers dir/name (default: shipped MiniLM)
     # with a query log: fit the fusion weights on held-out logged queries at build time
     fit_fusion: bool = True
+    # Publish checks of `udrl index templates|images|merge` (`--force` skips them; the live
+    # version stays when they refuse). Refuse a build whose document count is below this
+    # share of the live version's: 0.5 = more than half the catalogue vanished; 0 = off.
+    publish_min_count_ratio: float = Field(0.5, ge=0, le=1)
+    # Refuse a build when more than this share of the catalogue's records were rejected (bad
+    # lines, missing id/title, duplicate ids, unreadable images); 1 = off.
+    publish_max_reject_rate: float = Field(0.2, ge=0, le=1)
+    # tantivy template versions kept after publishing (the live one and the one live before
+    # it always stay besides)
+    keep_versions: int = Field(3, ge=1, le=100)
 
     @property
     def pretrained(self) -> str | None:

@@ -30,6 +30,8 @@ __all__ = [
     "merge_images_job",
     "index_templates_job",
     "make_text_encoder",
+    "publish_policy",
+    "rollback_job",
 ]
 
 log = logging.getLogger(__name__)
@@ -341,8 +343,18 @@ def _intent_report(settings: Settings) -> dict[str, Any] | None:
     return evaluate_intent(load_intent_detector(settings.intent_dir), read_examples(held).examples)
 
 
+def publish_policy(settings: Settings, force: bool = False):
+    """The publish checks ``index.publish_*`` ask for (``force``: publish even when they fail)."""
+    from indexers.publish import PublishPolicy
+
+    ix = settings.index
+    return PublishPolicy(min_count_ratio=ix.publish_min_count_ratio,
+                         max_reject_rate=ix.publish_max_reject_rate, force=force)
+
+
 def index_images_job(settings: Settings, source: Path, shard: str | None = None,
-                     rejects: Path | None = None, progress: bool = True) -> dict[str, Any]:
+                     rejects: Path | None = None, progress: bool = True,
+                     force: bool = False) -> dict[str, Any]:
     """Encode a catalogue into a new image-index version and publish it (or one shard)."""
     from indexers.reindex import ImageReindexConfig, reindex_images
 
@@ -350,15 +362,18 @@ def index_images_job(settings: Settings, source: Path, shard: str | None = None,
     cfg = ImageReindexConfig(source=source, store_root=settings.image_index_dir,
                              model_name=ix.clip_model, pretrained=ix.pretrained,
                              index_type=ix.image_index_type, batch_size=ix.batch_size,
-                             shard=shard, rejects_path=rejects, device=settings.device)
+                             shard=shard, rejects_path=rejects, device=settings.device,
+                             policy=publish_policy(settings, force))
     return reindex_images(cfg, progress=progress)
 
 
-def merge_images_job(settings: Settings, progress: bool = True) -> dict[str, Any]:
+def merge_images_job(settings: Settings, progress: bool = True,
+                     force: bool = False) -> dict[str, Any]:
     """Merge every shard under the image index directory into one published version."""
     from indexers.reindex import merge_images
 
-    return merge_images(None, settings.image_index_dir, progress=progress)
+    return merge_images(None, settings.image_index_dir, progress=progress,
+                        policy=publish_policy(settings, force))
 
 
 def make_text_encoder(settings: Settings):
@@ -372,7 +387,8 @@ def make_text_encoder(settings: Settings):
 
 
 def index_templates_job(settings: Settings, source: Path, rejects: Path | None = None,
-                        log: Path | None = None, progress: bool = True) -> dict[str, Any]:
+                        log: Path | None = None, progress: bool = True,
+                        force: bool = False) -> dict[str, Any]:
     """Build a new template-index version from a catalogue (expanded with the query log's
     clicks, with a dense channel and fusion weights fitted on the log) and switch to it
     atomically."""
@@ -385,10 +401,32 @@ def index_templates_job(settings: Settings, source: Path, rejects: Path | None =
     cfg = TemplateReindexConfig(source=source, backend=ix.template_backend,
                                 root=settings.template_index_dir, es_url=ix.es_url,
                                 alias=ix.es_alias, api_key=key, rejects_path=rejects,
-                                log_path=log)
+                                log_path=log, keep_versions=ix.keep_versions,
+                                policy=publish_policy(settings, force))
     encoder = make_text_encoder(settings)
 
     def fit(records, qlog):
         return fit_fusion(records, qlog, encoder, progress=progress) if ix.fit_fusion else None
 
     return reindex_templates(cfg, encoder=encoder, progress=progress, fit=fit)
+
+
+def rollback_job(settings: Settings, which: str, to: str | None = None) -> dict[str, Any]:
+    """Make the version live before the live one (or ``to``) live again: ``which`` is
+    "templates" (a tantivy pointer swap or an Elasticsearch alias move) or "images"."""
+    from indexers.publish import rollback_store, rollback_templates
+
+    if which == "images":
+        return {"index": which, **rollback_store(settings.image_index_dir, to)}
+    ix = settings.index
+    if ix.template_backend == "tantivy":
+        return {"index": which, **rollback_templates("tantivy", settings.template_index_dir,
+                                                     to=to)}
+    if not ix.es_url:
+        raise ConfigError("index.template_backend is elasticsearch but index.es_url is not "
+                          "set; pass --es-url or set UDRL_INDEX__ES_URL")
+    from indexers.es_schema import EsSettings
+
+    key = ix.es_api_key.get_secret_value() if ix.es_api_key else None
+    es = EsSettings(hosts=ix.es_url, alias=ix.es_alias, api_key=key)
+    return {"index": which, **rollback_templates("elasticsearch", es=es, to=to)}
