@@ -8,6 +8,7 @@ import json
 from plugin.cli import main
 
 from ..indexers.bad_catalogues import write_bad, write_jsonl
+from ..indexers.es_double import EsDouble
 from ..indexers.template_fixtures import make_templates
 
 
@@ -51,3 +52,32 @@ def test_refuse_force_and_roll_back(tmp_path, capsys, monkeypatch):
                                  "no version has been published yet\n")
     code, _, err = run(capsys, ws, "index", "rollback", "videos")
     assert code == 2 and err == "error: unknown index 'videos'; allowed: templates, images\n"
+
+
+def test_elasticsearch_refuse_and_roll_back(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "udrl.toml").write_text('[index]\ndense = false\nes_alias = "tpl"\n')
+    records = make_templates(150, seed=4).records
+    with EsDouble() as es:
+        es_args = ("--backend", "elasticsearch", "--es-url", es.url)
+        versions = []
+        for n in (150, 120):  # 120 of 150 = 80%: published
+            src = write_jsonl(tmp_path / f"t{n}.jsonl", records[:n])
+            code, out, err = run(capsys, ws, "index", "templates", str(src), *es_args)
+            assert code == 0, err
+            versions.append(json.loads(out)["version"])
+        assert es.aliases == {"tpl": {versions[1]}}
+
+        bad, _, _ = write_bad("wrong_header", tmp_path, records)
+        code, out, err = run(capsys, ws, "index", "templates", str(bad), *es_args)
+        assert code == 2 and f"{versions[1]} stays live" in err and err.count("\n") == 1
+        assert set(es.indices) == set(versions)  # nothing was created
+
+        code, out, err = run(capsys, ws, "index", "rollback", "templates", *es_args)
+        assert code == 0, err
+        assert json.loads(out) == {"index": "templates", "backend": "elasticsearch",
+                                   "version": versions[0], "previous_version": versions[1],
+                                   "count": 150}
+        assert es.aliases == {"tpl": {versions[0]}}
