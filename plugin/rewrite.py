@@ -26,6 +26,7 @@ from typing import Any
 
 from rewriters.commands import Command
 from rewriters.errors import ConfigError, DataError
+from rewriters.files import file_mode
 from rewriters.generate import Rewrite
 
 __all__ = [
@@ -162,6 +163,7 @@ def write_precomputed(path: str | os.PathLike[str], rows: Iterable[dict[str, Any
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     n = 0
     try:
+        os.fchmod(fd, file_mode())  # mkstemp's 0600 would survive the rename
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")

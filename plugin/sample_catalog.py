@@ -35,6 +35,7 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageOps
 
 from rewriters.errors import ConfigError, DataError
+from rewriters.files import share
 from rewriters.queries import load_vocab
 
 __all__ = [
@@ -476,6 +477,7 @@ def write_sample_catalog(
             shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
+        share(tmp)  # mkdtemp's 0700 would survive the rename
         (tmp / IMAGE_DIR).mkdir()
         manifest = []
         for row in images:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .commands import RELEVANCE_BUCKETS, count_words
 from .errors import DataError
+from .files import file_mode
 
 __all__ = [
     "Example",
@@ -146,6 +147,7 @@ def write_examples(path: str | os.PathLike[str], examples: Iterable[Example]) ->
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     n = 0
     try:
+        os.fchmod(fd, file_mode())  # mkstemp's 0600 would survive the rename
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for ex in examples:
                 fh.write(_dump(ex) + "\n")

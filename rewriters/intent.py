@@ -23,6 +23,7 @@ import numpy as np
 from .commands import INTENTS, TASKS
 from .data import Example
 from .errors import ConfigError, DataError, ModelError
+from .files import share
 
 __all__ = [
     "FEATURE_SPEC", "IntentConfig", "IntentDetector", "IntentPrediction", "evaluate_intent",
@@ -296,6 +297,7 @@ class IntentDetector:
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         save_file({"weight": self.weight, "bias": self.bias}, str(out / WEIGHTS_FILE))
+        share(out / WEIGHTS_FILE)  # safetensors writes it owner-only (0600)
         meta = {"config": asdict(self.cfg), "temperature": self.temperature,
                 "classes": list(INTENTS), "feature_spec": FEATURE_SPEC}
         (out / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -23,6 +23,7 @@ from typing import Any
 
 from .commands import END_TOKEN, command_tokens
 from .errors import ConfigError, ModelError
+from .files import share
 from .tokenizer import BUILTIN_TOKENIZER, load_tokenizer
 
 __all__ = [
@@ -149,6 +150,7 @@ def save_model_dir(
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     weights = out / "model.safetensors"
+    share(weights)  # safetensors writes it owner-only (0600)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     meta.version = f"{stamp}-{_weights_digest(weights)}"
     (out / "udrl.json").write_text(json.dumps(asdict(meta), indent=2) + "\n")
