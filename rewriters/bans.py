@@ -134,10 +134,11 @@ class Countdown:
         """(M,) bool: the markers that may follow marker ``last`` (0: none yet) at ``length``."""
         return self.first[length] if last == 0 else self.allowed[last]
 
-    def bans(self, gen: np.ndarray, last_step: bool, lengths: np.ndarray
+    def bans(self, gen: np.ndarray, last_step: bool | np.ndarray, lengths: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray]:
         """(end banned (R,), marker banned (R, M) over ``self.ids``) after ``gen`` (R, t) for
-        prompts of ``lengths`` (R,) words."""
+        prompts of ``lengths`` (R,) words; ``last_step``: this is the row's last budget step
+        (one flag, or (R,) when rows have budgets of their own)."""
         t = gen.shape[1]
         vals = self.value[gen]  # (R, t)
         idx = np.broadcast_to(np.arange(t), gen.shape)

@@ -4,6 +4,7 @@ Hierarchy (``plugin`` and ``indexers`` extend it, never the other way round)::
 
     UdrlError
     ├── ConfigError     bad option or value given by the caller (unknown task, length out of range)
+    │   └── QueryTooLongError   the query leaves too little of the model's window for the prompt
     ├── DataError       unreadable or invalid input data (missing file, bad JSONL line)
     ├── ModelError      missing, incomplete or incompatible model directory
     └── TeacherError    the teacher endpoint failed or replied with something unusable
@@ -13,7 +14,8 @@ Every message names the bad value and, where there is one, the fix.
 
 from __future__ import annotations
 
-__all__ = ["UdrlError", "ConfigError", "DataError", "ModelError", "TeacherError"]
+__all__ = ["UdrlError", "ConfigError", "QueryTooLongError", "DataError", "ModelError",
+           "TeacherError"]
 
 
 class UdrlError(Exception):
@@ -22,6 +24,10 @@ class UdrlError(Exception):
 
 class ConfigError(UdrlError, ValueError):
     """A caller-supplied option or value is invalid."""
+
+
+class QueryTooLongError(ConfigError):
+    """The query, with its command, leaves too few tokens of the model's window for the prompt."""
 
 
 class DataError(UdrlError):

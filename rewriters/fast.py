@@ -470,6 +470,8 @@ class FastRewriter(TorchFallback, RewriterBase):
             with a ConfigError.
     """
 
+    budget_rule = "equal"  # generate_batch takes one max_length
+
     def __init__(self, generator, tokenizer, meta: RewriterMeta,
                  output_vocab: Sequence[int] | None = None, *, export: dict[str, Any],
                  batch_size: int = 32, fallback: Callable[[], Rewriter] | None = None):
@@ -511,9 +513,9 @@ class FastRewriter(TorchFallback, RewriterBase):
     def _seed(self, seed: int) -> None:
         pass  # greedy is deterministic; seeded sampling is routed to PyTorch
 
-    def _generate(self, chunk, n, strict, decoding, temperature, top_p, num_beams):
+    def _generate(self, plan, n, strict, decoding, temperature, top_p, num_beams):
         assert not strict and decoding != "beam"  # routed to the fallback in rewrite_batch
-        encoded, _, budget = self._plan(chunk, strict)
+        chunk, encoded, budget = plan.chunk, plan.encoded, plan.budget  # budget_rule "equal"
         prompts = [encoded[i] for i in range(len(chunk)) for _ in range(n)]  # n draws per item
         opts: dict[str, Any] = {
             "end_token": END_TOKEN, "return_end_token": True, "beam_size": 1,

@@ -10,9 +10,10 @@ and forced once it is reached. Every output is cleaned and validated.
 
 The bans every engine shares (repeated 3-grams, the marker grammar) live in ``rewriters.bans``.
 The command handling that does not depend on the engine (input encoding, request checks, token
-classes, the token budget, cleanup and validation) lives in :class:`RewriterBase`; ``Rewriter``
-runs it on PyTorch/transformers and ``rewriters.fast.FastRewriter`` on CTranslate2. torch is
-imported only by the PyTorch engine, so the CTranslate2 engine never loads it.
+classes, cleanup and validation) lives in :class:`RewriterBase`, and each input's token budget
+in ``rewriters.budget``; ``Rewriter`` runs it on PyTorch/transformers and
+``rewriters.fast.FastRewriter`` on CTranslate2. torch is imported only by the PyTorch engine,
+so the CTranslate2 engine never loads it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from .bans import (
     restrict_output,
     token_classes,
 )
+from .budget import Plan, check_fit, group_items, least_budget
 from .commands import (
     CONTEXT_TOKEN,
     END_TOKEN,
@@ -106,7 +108,12 @@ class RewriterBase:
         n_rows: rows of the model's output embedding.
         n_positions: the model's context window in tokens.
         batch_size: inputs per generation batch in ``rewrite_batch``.
+
+    Each input gets its own token budget (``rewriters.budget``); ``budget_rule`` says which
+    inputs one batch of this engine may mix.
     """
+
+    budget_rule = "equal"  # one of budget.BUDGET_RULES
 
     def __init__(self, tokenizer, meta: RewriterMeta, n_rows: int, n_positions: int,
                  batch_size: int = 32):
@@ -131,14 +138,44 @@ class RewriterBase:
 
     def encode_input(self, query: str, command: Command) -> list[int]:
         """Token ids of ``<command><query><|prompt|>``, the model's input; models trained with
-        context read ``<command><query> <|ctx|> <context><|prompt|>``."""
+        context read ``<command><query> <|ctx|> <context><|prompt|>``, the context cut at its
+        end so that it leaves the prompt its least budget (``budget.least_budget``)."""
         ids = self.tokenizer.convert_tokens_to_ids(command.tokens())
-        text = " " + query
-        if getattr(self.meta, "context_items", 0) and self.context is not None:
-            ctx = " ".join(self.context(query).split())
-            if ctx:
-                text += f" {CONTEXT_TOKEN} {ctx}"
-        return ids + self.tokenizer.encode(text) + [self.prompt_id]
+        plain = ids + self.tokenizer.encode(" " + query) + [self.prompt_id]
+        if not (getattr(self.meta, "context_items", 0) and self.context is not None):
+            return plain
+        ctx = " ".join(self.context(query).split())
+        if not ctx:
+            return plain
+        full = ids + self.tokenizer.encode(f" {query} {CONTEXT_TOKEN} {ctx}") + [self.prompt_id]
+        # the fewest tokens the prompt is given room for: training kept whole contexts where
+        # the example fit, so the context is cut only as far as a prompt needs
+        over = len(full) + least_budget(command.length, self._marker_count(command.length)) \
+            - self.n_positions
+        if over <= 0:
+            return full
+        if len(full) - 1 - over < len(plain) + 1:  # not even <|ctx|> and one token fit
+            return plain
+        return full[: len(full) - 1 - over] + [self.prompt_id]
+
+    def _marker_count(self, length: int) -> int:
+        """Length markers a ``length``-word prompt of this model carries."""
+        if not self.marker_ids:
+            return 0
+        return len(marker_positions(length, self.meta.marker_every, self.meta.marker_tail))
+
+    def _fit(self, encoded: list[int], query: str, command: Command) -> int:
+        """The input's token budget (``budget.check_fit``); raises QueryTooLongError."""
+        n_query = len(self.tokenizer.encode(" " + query))
+        return check_fit(self.n_positions, len(encoded), n_query, command,
+                         self._marker_count(command.length))
+
+    def check_query(self, query: str, command: Command) -> None:
+        """Raise QueryTooLongError when ``query`` leaves too little of the model's window for
+        a prompt of ``command``'s length (the check the service makes before queueing)."""
+        q = " ".join(str(query).split())
+        ids = self.tokenizer.convert_tokens_to_ids(command.tokens())
+        self._fit(ids + self.tokenizer.encode(" " + q) + [self.prompt_id], q, command)
 
     def rewrite(self, query: str, task: str, length: int, relevance: int = 4, n: int = 1,
                 **kw) -> list[Rewrite]:
@@ -175,12 +212,18 @@ class RewriterBase:
             self._seed(seed)
         from tqdm import tqdm
 
-        out: list[list[Rewrite]] = []
-        starts = range(0, len(clean_items), self.batch_size)
-        for s in tqdm(starts, desc="rewriting", unit="batch", disable=not progress):
-            chunk = clean_items[s : s + self.batch_size]
-            out.extend(self._generate(chunk, n, strict_length, decoding, temperature, top_p,
-                                      max(num_beams, n)))
+        encoded = [self.encode_input(q, c) for q, c in clean_items]
+        budgets = [self._fit(e, q, c) for e, (q, c) in zip(encoded, clean_items)]
+        groups = group_items([self.n_positions - len(e) for e in encoded], budgets,
+                             self.batch_size, self.budget_rule)
+        out: list[list[Rewrite]] = [[] for _ in clean_items]
+        for group in tqdm(groups, desc="rewriting", unit="batch", disable=not progress):
+            plan = Plan([clean_items[i] for i in group], [encoded[i] for i in group],
+                        np.array([budgets[i] for i in group]))
+            rows = self._generate(plan, n, strict_length, decoding, temperature, top_p,
+                                  max(num_beams, n))
+            for i, row in zip(group, rows):
+                out[i] = row
         if getattr(self.meta, "query_first", False):
             out = [[self._with_query(q, r) for r in rs] for (q, _), rs in zip(clean_items, out)]
         return out
@@ -212,33 +255,10 @@ class RewriterBase:
     def _seed(self, seed: int) -> None:
         raise NotImplementedError
 
-    def _generate(self, chunk, n, strict, decoding, temperature, top_p, num_beams):
-        """One list of ``n`` Rewrites per (query, command) of ``chunk``."""
+    def _generate(self, plan: Plan, n, strict, decoding, temperature, top_p, num_beams):
+        """One list of ``n`` Rewrites per (query, command) of ``plan.chunk``; row ``i`` stops at
+        its own budget ``plan.budgets[i]``."""
         raise NotImplementedError
-
-    def _plan(self, chunk, strict: bool) -> tuple[list[list[int]], int, int]:
-        """(encoded inputs, widest input, token budget) for one batch; checks the window.
-
-        The budget (max new tokens, <|end|> included) is the same for every input of the batch.
-        """
-        encoded = [self.encode_input(q, c) for q, c in chunk]
-        width = max(len(e) for e in encoded)
-        limit = self.n_positions - width
-        if limit < 4:
-            raise ConfigError(
-                f"query is too long: {width} tokens leave no room in the model's "
-                f"{self.n_positions}-token window"
-            )
-        budget = min(limit, 3 * LENGTH_MAX + 8 + self._max_markers)
-        if strict:
-            longest = max(c.length for _, c in chunk)
-            if budget < longest + 1:
-                raise ConfigError(
-                    f"query is too long: {width} tokens leave {budget} for a prompt of "
-                    f"{longest} words in the model's {self.n_positions}-token window; "
-                    "shorten the query or ask for fewer words"
-                )
-        return encoded, width, budget
 
     def _countdown(self, banned: np.ndarray, columns: np.ndarray | None = None
                    ) -> Countdown | None:
@@ -294,6 +314,9 @@ class Rewriter(RewriterBase):
         batch_size: inputs per forward batch in ``rewrite_batch``.
     """
 
+    # left padding: every row's position grows until the batch's last step
+    budget_rule = "window"
+
     def __init__(self, model, tokenizer, meta: RewriterMeta,
                  output_vocab: Sequence[int] | None = None, batch_size: int = 32):
         import torch
@@ -317,11 +340,12 @@ class Rewriter(RewriterBase):
 
         torch.manual_seed(seed)
 
-    def _generate(self, chunk, n, strict, decoding, temperature, top_p, num_beams):
+    def _generate(self, plan, n, strict, decoding, temperature, top_p, num_beams):
         import torch
         from transformers import LogitsProcessorList
 
-        encoded, width, budget = self._plan(chunk, strict)
+        chunk, encoded, width = plan.chunk, plan.encoded, plan.width
+        budgets = torch.from_numpy(plan.budgets)  # (B,) each row's own budget
         ids = torch.full((len(encoded), width), self.end_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
         for i, e in enumerate(encoded):  # left padding: generation continues on the right
@@ -332,11 +356,11 @@ class Rewriter(RewriterBase):
         if self.marker_ids:
             markers = torch.zeros_like(self.word_start)
             markers[list(self.marker_ids.values())] = True
-        proc = _CommandLogits(width, self.banned, self.word_start, self.end_id, targets, budget,
+        proc = _CommandLogits(width, self.banned, self.word_start, self.end_id, targets, budgets,
                               markers, self.countdown, np.array([c.length for _, c in chunk]),
                               getattr(self.meta, "unique_words", False))
         gen_kw = dict(
-            max_new_tokens=budget, eos_token_id=self.end_id,
+            max_new_tokens=plan.budget, eos_token_id=self.end_id,
             pad_token_id=self.end_id, logits_processor=LogitsProcessorList([proc]),
             num_return_sequences=n,
         )
@@ -349,8 +373,10 @@ class Rewriter(RewriterBase):
         with torch.inference_mode():
             seqs = self.model.generate(input_ids=ids, attention_mask=mask, **gen_kw)[:, width:]
         results = []
-        for i, (_, command) in enumerate(chunk):
-            results.append([self._finish(seqs[i * n + j].tolist(), command) for j in range(n)])
+        for i, (_, command) in enumerate(chunk):  # a row past its budget was made to end there
+            cut = int(plan.budgets[i])
+            results.append([self._finish(seqs[i * n + j, :cut].tolist(), command)
+                            for j in range(n)])
         return results
 
 

@@ -202,6 +202,8 @@ def sample_nucleus(scores: np.ndarray, top_p: float, rng: np.random.Generator) -
 class OnnxRewriter(TorchFallback, RewriterBase):
     """Generates prompts on ONNX Runtime with the same API, commands and cleanup as ``Rewriter``.
 
+    Rows of one batch may have different budgets: each stops at its own.
+
     Args:
         session: an ``onnxruntime.InferenceSession`` over an export made by ``export_onnx``.
         tokenizer, meta, output_vocab: the model directory's (see ``load_model_dir``).
@@ -213,6 +215,7 @@ class OnnxRewriter(TorchFallback, RewriterBase):
     """
 
     _loader = "load_onnx_rewriter"
+    budget_rule = "per_row"  # right padding: each row has its own positions and cache length
 
     def __init__(self, session, tokenizer, meta: RewriterMeta,
                  output_vocab: Sequence[int] | None = None, *, export: dict[str, Any],
@@ -260,18 +263,22 @@ class OnnxRewriter(TorchFallback, RewriterBase):
 
         return KVDecoder(self.session)
 
-    def _generate(self, chunk, n, strict, decoding, temperature, top_p, num_beams):
+    def _generate(self, plan, n, strict, decoding, temperature, top_p, num_beams):
         assert not strict and decoding != "beam"  # routed to the fallback in rewrite_batch
-        encoded, _, budget = self._plan(chunk, strict)
+        chunk, encoded, budget = plan.chunk, plan.encoded, plan.budget
         dec = self.decoder()
-        logits = dec.prefill(encoded, self.end_id, budget)
+        # room for each row's own budget after its own input (right padding)
+        logits = dec.prefill(encoded, self.end_id,
+                             max(len(e) + int(b) for e, b in zip(encoded, plan.budgets))
+                             - plan.width)
         if n > 1:  # n draws per item share one prefill
             logits = np.repeat(logits, n, axis=0)
             dec.select(np.repeat(np.arange(len(encoded)), n))
         rows = logits.shape[0]
         lengths = np.repeat([c.length for _, c in chunk], n)  # (rows,) words asked
+        budgets = np.repeat(plan.budgets, n)  # (rows,) each row's own budget
         gen = np.zeros((rows, budget), dtype=np.int64)  # chosen logits columns
-        length = np.full(rows, budget)
+        length = budgets.copy()
         alive = np.arange(rows)  # which row each batch row is
         for step in range(budget):
             scores = logits
@@ -283,7 +290,8 @@ class OnnxRewriter(TorchFallback, RewriterBase):
                 rows_banned, cols_banned = repeated_word_bans(gen[alive, :step], self._opens)
                 scores[rows_banned, cols_banned] = -np.inf
             if self.countdown is not None:
-                no_end, no_marker = self.countdown.bans(gen[alive, :step], step + 1 == budget,
+                no_end, no_marker = self.countdown.bans(gen[alive, :step],
+                                                        step + 1 == budgets[alive],
                                                         lengths[alive])
                 scores[no_end, self._end_col] = -np.inf
                 scores[:, self.countdown.ids] = np.where(no_marker, -np.inf,
@@ -297,7 +305,8 @@ class OnnxRewriter(TorchFallback, RewriterBase):
             gen[alive, step] = choice
             ended = choice == self._end_col
             length[alive[ended]] = step + 1
-            if step + 1 == budget or ended.all():
+            ended |= step + 1 == budgets[alive]  # its budget spent: the row stops without end
+            if ended.all():
                 break
             if ended.any():  # finished rows leave the batch and its cache
                 keep = np.flatnonzero(~ended)

@@ -31,9 +31,11 @@ class _CommandLogits:
     """Logits processor enforcing the bans and, optionally, the exact target length."""
 
     def __init__(self, prompt_len: int, banned: torch.Tensor, word_start: torch.Tensor,
-                 end_id: int, targets: torch.Tensor | None, budget: int,
+                 end_id: int, targets: torch.Tensor | None, budgets: torch.Tensor | int,
                  markers: torch.Tensor | None = None, countdown: Countdown | None = None,
                  lengths: np.ndarray | None = None, unique_words: bool = False):
+        import torch
+
         # no word twice (models whose training prompts never repeat one): word_start as numpy
         self._opens = word_start.cpu().numpy() if unique_words else None
         self.markers = markers  # (V,) bool: length markers, banned once the target is reached
@@ -41,13 +43,27 @@ class _CommandLogits:
         self.countdown = countdown  # the marker grammar (Countdown), or None
         self.lengths = lengths  # (B,) words asked per input (where the countdown starts)
         self.prompt_len = prompt_len
-        self.budget = budget  # max new tokens: the length must be reached within it
+        # (B,) max new tokens per input: the length must be reached within it; a row past its
+        # own budget (the batch runs to the largest) can only end
+        self.budgets = torch.as_tensor(budgets).reshape(-1)  # an int: one for every row
         self.banned = banned  # (V,) bool
         self.word_start = word_start  # (V,) bool
         self.end_id = end_id
         self.targets = targets  # (B,) target words per input, or None when not strict
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        t = input_ids.shape[1] - self.prompt_len
+        budgets = self.budgets.repeat_interleave(scores.shape[0] // self.budgets.shape[0])  # (R,)
+        scores = self._scores(input_ids, scores, budgets - t)
+        spent = budgets <= t
+        if spent.any():
+            scores[spent] = float("-inf")
+            scores[spent, self.end_id] = 0.0
+        return scores
+
+    def _scores(self, input_ids: torch.Tensor, scores: torch.Tensor,
+                left: torch.Tensor) -> torch.Tensor:
+        """The bans; ``left`` (R,): tokens each row may still generate, this one included."""
         import torch
 
         v = scores.shape[-1]
@@ -61,7 +77,7 @@ class _CommandLogits:
         if self.countdown is not None:
             lengths = np.repeat(self.lengths, gen.shape[0] // len(self.lengths))  # (R,)
             no_end, no_marker = self.countdown.bans(gen.cpu().numpy(),
-                                                    self.budget - gen.shape[1] <= 1, lengths)
+                                                    (left <= 1).cpu().numpy(), lengths)
             if self.targets is None:  # strict_length places <|end|> by its own rules
                 scores[torch.from_numpy(no_end), self.end_id] = float("-inf")
             ids = torch.from_numpy(self.countdown.ids)
@@ -95,7 +111,6 @@ class _CommandLogits:
         scores[at.unsqueeze(1) & ws.unsqueeze(0)] = neg
         if self.markers is not None:
             scores[at.unsqueeze(1) & self.markers[:v].unsqueeze(0)] = neg
-        left = self.budget - gen.shape[1]  # tokens still allowed, this one included
         # Start the next word when the current one has grown absurdly long, or when every
         # remaining token is needed for a word (plus one for <|end|>).
         hurry = short & ((since_start >= _MAX_TAIL_PIECES) | (left <= targets - words + 1))

@@ -141,8 +141,9 @@ def test_query_tails_in_mixed_batches_do_not_change_the_3gram_ban(ranked_engines
     # Next to "a", the input "x y red red red" runs its tail "red red red <|prompt|>" through
     # CTranslate2's decoding loop, whose 3-gram ban alone then forbids "red" after "red red":
     # the prompt would start "red red blue". That row is regenerated from that step.
+    # (Equal lengths: CTranslate2 batches only inputs whose token budgets are equal.)
     fast, torch_rw = ranked_engines
-    items = [("a", Command("template", 5, 4)), ("x y red red red", Command("template", 9, 4))]
+    items = [("a", Command("template", 9, 4)), ("x y red red red", Command("template", 9, 4))]
     want = torch_rw.rewrite_batch(items, decoding="greedy")
     assert [g[0].prompt.split()[:4] for g in want] == [["red", "red", "red", "blue"]] * 2
     assert _same(fast.rewrite_batch(items, decoding="greedy"), want)
