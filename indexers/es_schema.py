@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +71,11 @@ class EsSettings:
     api_key: str | tuple[str, str] | None = None
     # (user, password); ignored when api_key is set.
     basic_auth: tuple[str, str] | None = None
+    # PEM file of the CA that signed the cluster's certificate (https only; e.g. the http_ca.crt
+    # an Elasticsearch 8/9 node writes); None: the system's CAs.
+    ca_certs: str | None = None
+    # Verify the cluster's TLS certificate (https). False is for throwaway test clusters only.
+    verify_certs: bool = True
     # Seconds per HTTP request; bulk loads of big chunks need more than searches. 1-120.
     request_timeout: float = 10.0
     # Transport retries on 429/502/503/504 and connection errors. 0-10.
@@ -98,6 +104,15 @@ class EsSettings:
             )
         if not 0.0 <= self.max_failed_fraction <= 1.0:
             raise ConfigError(f"max_failed_fraction={self.max_failed_fraction} is out of range 0-1")
+        if self.ca_certs is not None:
+            hosts = [self.hosts] if isinstance(self.hosts, str) else list(self.hosts)
+            plain = [h for h in hosts if not h.lower().startswith("https://")]
+            if plain:
+                raise ConfigError(f"a CA file is set but {plain[0]!r} is not https; use an "
+                                  "https:// URL or drop the CA file")
+            if not Path(self.ca_certs).is_file():
+                raise ConfigError(f"CA file {self.ca_certs} does not exist; give the PEM file "
+                                  "of the CA that signed the cluster's certificate")
         if self.bulk_chunk_size < 1 or self.num_candidates < 1 or self.max_retries < 0:
             raise ConfigError(
                 "bulk_chunk_size and num_candidates must be >= 1 and max_retries >= 0; got "
@@ -108,11 +123,15 @@ class EsSettings:
 def connect(settings: EsSettings) -> Elasticsearch:
     """An Elasticsearch client for ``settings`` (no request is made yet)."""
     hosts = [settings.hosts] if isinstance(settings.hosts, str) else list(settings.hosts)
-    auth: dict[str, Any] = {}
+    opts: dict[str, Any] = {}  # auth and TLS
     if settings.api_key is not None:
-        auth["api_key"] = settings.api_key
+        opts["api_key"] = settings.api_key
     elif settings.basic_auth is not None:
-        auth["basic_auth"] = tuple(settings.basic_auth)
+        opts["basic_auth"] = tuple(settings.basic_auth)
+    if settings.ca_certs is not None:
+        opts["ca_certs"] = settings.ca_certs
+    if not settings.verify_certs:
+        opts.update(verify_certs=False, ssl_show_warn=False)  # warned once where it is set
     return Elasticsearch(
         hosts=hosts,
         request_timeout=settings.request_timeout,
@@ -121,7 +140,7 @@ def connect(settings: EsSettings) -> Elasticsearch:
         retry_on_timeout=True,
         retry_backoff_base=settings.retry_backoff_s,
         retry_backoff_cap=settings.max_backoff_s,
-        **auth,
+        **opts,
     )
 
 

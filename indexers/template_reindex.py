@@ -45,6 +45,12 @@ class TemplateReindexConfig:
     alias: str = "udrl-templates"
     # elasticsearch: API key (encoded string); None for an open cluster.
     api_key: str | None = None
+    # elasticsearch: (user, password) for basic auth; ignored when api_key is set.
+    basic_auth: tuple[str, str] | None = None
+    # elasticsearch: PEM file of the CA that signed the cluster's certificate (https).
+    ca_certs: str | None = None
+    # elasticsearch: verify the cluster's TLS certificate; False for throwaway clusters only.
+    verify_certs: bool = True
     # JSONL file for rejected catalogue lines (file/line/id/reason), replaced each run;
     # None = <root>/rejects.jsonl for tantivy, no file for elasticsearch.
     rejects_path: str | os.PathLike[str] | None = None
@@ -95,7 +101,8 @@ class TemplateReindexConfig:
 
         return {
             "settings": EsSettings(
-                hosts=self.es_url, alias=self.alias, api_key=self.api_key, keep_old=self.keep_old
+                hosts=self.es_url, alias=self.alias, api_key=self.api_key, keep_old=self.keep_old,
+                basic_auth=self.basic_auth, ca_certs=self.ca_certs, verify_certs=self.verify_certs,
             )
         }
 

@@ -26,19 +26,28 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 log = logging.getLogger("udrl")
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from .logs import udrl_version
+
+        typer.echo(f"udrl {udrl_version()}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     ctx: typer.Context,
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML settings file."),
     workspace: Optional[Path] = typer.Option(None, "--workspace", "-w",
                                              help="Folder for data, models and indexes."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging."),
+    verbose: bool = typer.Option(False, "--verbose", "-v",
+                                 help="Debug logging, third-party libraries' INFO lines too."),
+    version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True,
+                                 help="Print the udrl-search version and exit."),
 ) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "sentence_transformers", "matplotlib", "transformers", "urllib3",
-                  "faiss.loader", "elastic_transport"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .logs import configure_logging
+
+    configure_logging(verbose)
     ctx.obj = load_settings(config, workspace=workspace)
 
 
@@ -100,6 +109,28 @@ def train(
         typer.echo(f"ONNX Runtime export for serving: {result.metrics['onnx']}")
     if "ctranslate2" in result.metrics:
         typer.echo(f"CTranslate2 export for serving: {result.metrics['ctranslate2']}")
+    _echo_rewrite_fit(result.metrics.get("rewrite_fit"))
+
+
+def _echo_rewrite_fit(fit: dict | None) -> None:
+    if fit:
+        n = fit["ndcg@10"]
+        typer.echo(f"rewrite channel fitted on {fit['fitted_on']} held-out logged queries: "
+                   f"weight {fit['rewrite']}, floor {fit['rewrite_floor']} (nDCG@10 "
+                   f"{n['fitted']:.4f}; raw + dense alone {n['without_rewrite']:.4f})")
+
+
+@app.command("fit-rewrite")
+def fit_rewrite(ctx: typer.Context) -> None:
+    """Fit the rewrite channel's fusion weight and floor on held-out logged queries (what
+    `train` does last), for a model trained before, or after a new index."""
+    from .rewrite_fit import fit_rewrite_fusion
+
+    fit = fit_rewrite_fusion(_settings(ctx), progress=True)
+    if fit is None:
+        raise UdrlError("nothing fitted: it needs the workspace's query log, a template index "
+                        "and at least 20 held-out queries with clicks")
+    _echo_rewrite_fit(fit)
 
 
 @app.command()
@@ -151,15 +182,18 @@ def rewrite(
     relevance: Optional[int] = typer.Option(None, help="Relevance bucket 0-4 (4 = best)."),
     n: int = typer.Option(1, "-n", help="Prompts to generate."),
     strict_length: Optional[bool] = typer.Option(None, "--strict-length/--free-length"),
-    decoding: Optional[str] = typer.Option(None, help="sample | greedy | beam"),
+    decoding: Optional[str] = typer.Option(
+        None, help="sample | greedy | beam (default: as the service, pipeline.decoding)"),
     seed: Optional[int] = typer.Option(None),
     model_dir: Optional[Path] = typer.Option(None, "--model", help="Rewriter directory."),
     engine: Optional[str] = typer.Option(None, help="auto | onnx | ctranslate2 | torch"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Generate prompts for QUERY that obey a command."""
+    """Generate prompts for QUERY that obey a command, decoded as the service's first try
+    (the model's output as is, with the prompt checks' verdict; no retries)."""
     from rewriters.commands import Command
-    from rewriters.fast import load_engine
+
+    from .hook import load_engine
 
     s = _settings(ctx, **{"pipeline.engine": engine})
     g = s.generation
@@ -168,11 +202,15 @@ def rewrite(
                       relevance if relevance is not None else g.relevance)
     if not query.strip():
         raise UdrlError("query is empty; pass some search text")
-    rw = load_engine(model_dir or s.model_dir, engine=s.pipeline.engine, device=s.device)
-    outs = rw.rewrite_batch([(query, command)], n=n,
-                            strict_length=g.strict_length if strict_length is None else strict_length,
-                            decoding=decoding or g.decoding, temperature=g.temperature,
-                            top_p=g.top_p, num_beams=g.num_beams, seed=seed)[0]
+    how = decoding or g.decoding or s.pipeline.decoding
+    if decoding is None and how == "greedy" and n > 1:
+        how = "sample"  # as the service: greedy would give one prompt n times
+    rw = load_engine(s, path=model_dir)
+    outs = rw.rewrite_batch([(" ".join(query.split()), command)], n=n,
+                            strict_length=g.strict_length if strict_length is None
+                            else strict_length, decoding=how, temperature=g.temperature,
+                            top_p=g.top_p, num_beams=max(g.num_beams, n),
+                            **({} if seed is None else {"seed": seed}))[0]
     if as_json:
         _print_json([{"prompt": o.prompt, "words": o.words, "valid": o.valid,
                       "problems": list(o.problems)} for o in outs])
@@ -255,14 +293,19 @@ def index_images(
     pretrained: Optional[str] = typer.Option(None, help="Tag, checkpoint path, or 'none'."),
     index_type: Optional[str] = typer.Option(None, help="auto | flat | hnsw | ivf"),
     rejects: Optional[Path] = typer.Option(None, help="Also write rejects here."),
+    log: Optional[Path] = typer.Option(None, "--log", help="Query log: 'query<TAB>clicked_id' "
+                                       "lines; each titled image is expanded with its clicks."),
+    dense: Optional[bool] = typer.Option(None, "--dense/--no-dense",
+                                         help="Build the text (MiniLM) channel over titles."),
     force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
 ) -> None:
     """Encode images with CLIP into a new FAISS index version and publish it atomically."""
     from .jobs import index_images_job
 
     s = _settings(ctx, **{"index.clip_model": clip_model, "index.clip_pretrained": pretrained,
-                          "index.image_index_type": index_type})
-    _print_json(index_images_job(s, source, shard=shard, rejects=rejects, force=force))
+                          "index.image_index_type": index_type, "index.dense": dense})
+    _print_json(index_images_job(s, source, shard=shard, rejects=rejects, log=log,
+                                 force=force))
 
 
 @index_app.command("merge")

@@ -7,6 +7,7 @@ library code.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Optional
 
@@ -15,6 +16,8 @@ import typer
 from rewriters.errors import ConfigError, DataError
 
 __all__ = ["register"]
+
+log = logging.getLogger("udrl")
 
 
 def _settings(ctx: typer.Context, **dotted: Any):
@@ -28,21 +31,32 @@ def serve(
     host: Optional[str] = typer.Option(None, help="Interface to bind (default 127.0.0.1)."),
     port: Optional[int] = typer.Option(None, help="Port (default 8080)."),
     engine: Optional[str] = typer.Option(None, help="auto | onnx | ctranslate2 | torch"),
+    log_format: Optional[str] = typer.Option(
+        None, "--log-format", help="text | json (one object per line; default "
+                                   "service.log_format)"),
 ) -> None:
-    """Run the HTTP rewrite hook (FastAPI + uvicorn)."""
+    """Run the HTTP rewrite hook (FastAPI + uvicorn). Indexes that are missing or unreachable
+    are reported on /readyz (503) instead of stopping the service."""
     import uvicorn
 
     from .config import get_settings
     from .hook import load_pipeline
-    from .service import create_app
+    from .logs import configure_logging
+    from .service import bind_warning, create_app
 
     s = _settings(ctx, **{"service.host": host, "service.port": port,
-                          "pipeline.engine": engine})
-    pipe = load_pipeline(s)  # load before serving: a bad workspace is one error line
+                          "pipeline.engine": engine, "service.log_format": log_format})
+    configure_logging(ctx.find_root().params.get("verbose", False), s.service.log_format)
+    warning = bind_warning(s)
+    if warning:
+        log.warning(warning)
+    pipe = load_pipeline(s)  # load before serving: a missing rewriter is one error line
     app = create_app(pipe)
     app.dependency_overrides[get_settings] = lambda: s
     try:
-        uvicorn.run(app, host=s.service.host, port=s.service.port, log_level="info")
+        # log_config=None: uvicorn's lines go through the handler configured above
+        uvicorn.run(app, host=s.service.host, port=s.service.port, log_level="info",
+                    log_config=None)
     finally:
         pipe.close()
 
@@ -55,11 +69,13 @@ def search(
     no_fusion: bool = typer.Option(False, "--no-fusion", help="Rewritten-query results only."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Run QUERY through intent → rewrite → retrieval in-process and print the results."""
+    """Run QUERY through intent → rewrite → retrieval in-process and print the results
+    (only the indexes QUERY is routed to are loaded)."""
     from .demo import format_results
-    from .hook import load_pipeline
+    from .hook import load_pipeline, routed_tasks
 
-    pipe = load_pipeline(_settings(ctx))
+    s = _settings(ctx)
+    pipe = load_pipeline(s, tasks=routed_tasks(s, query, task))
     try:
         res = pipe.search(query, k=k, task=task, fusion=False if no_fusion else None,
                           deadline_ms=60_000)  # interactive: show what the model writes

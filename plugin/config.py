@@ -89,7 +89,9 @@ class IntentSettings(BaseModel):
 class GenerationSettings(BaseModel):
     """Defaults for `udrl rewrite` and the service."""
 
-    decoding: Literal["sample", "greedy", "beam"] = "sample"
+    # `udrl rewrite`'s decoding; None: pipeline.decoding, what the service does (greedy, and
+    # sampling when n > 1 since greedy would repeat one prompt)
+    decoding: Literal["sample", "greedy", "beam"] | None = None
     temperature: float = Field(0.8, gt=0, le=2)
     top_p: float = Field(0.95, gt=0, le=1)
     num_beams: int = Field(4, ge=1, le=16)
@@ -111,9 +113,18 @@ class IndexSettings(BaseModel):
     template_backend: Literal["tantivy", "elasticsearch"] = "tantivy"
     es_url: str | None = None  # Elasticsearch URL for the elasticsearch backend
     es_alias: str = "udrl-templates"  # alias searches use; versions live behind it
+    # a secured cluster (Elasticsearch 8/9 default): the encoded API key, or user and password
+    # for basic auth (the key wins when both are set); an https es_url with the CA file that
+    # signed the cluster's certificate (e.g. the node's config/certs/http_ca.crt), or none for
+    # the system's CAs
     es_api_key: SecretStr | None = None
+    es_username: str | None = None
+    es_password: SecretStr | None = None
+    es_ca_certs: Path | None = None
+    es_verify_certs: bool = True  # False skips TLS verification: throwaway test clusters only
     # build (and search) the dense channel: sentence embeddings of every template and of the
-    # logged queries that clicked it (FAISS beside tantivy; a kNN field on Elasticsearch)
+    # logged queries that clicked it (FAISS beside tantivy; a kNN field on Elasticsearch), and
+    # the image index's text channel over titles, tags and captions (FAISS beside CLIP's)
     dense: bool = True
     text_model: str | None = None  # sentence-transformers dir/name (default: shipped MiniLM)
     # with a query log: fit the fusion weights on held-out logged queries at build time
@@ -166,6 +177,8 @@ class PipelineSettings(BaseModel):
 class ServiceSettings(BaseModel):
     """`udrl serve`."""
 
+    # beyond loopback (0.0.0.0, a LAN address) without api_key, `serve` warns: anyone who can
+    # reach the port can use the API
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     api_key: SecretStr | None = None  # when set, requests need header X-API-Key
@@ -175,6 +188,7 @@ class ServiceSettings(BaseModel):
     batch_wait_ms: float = Field(5.0, ge=0, le=1000)  # micro-batch: wait for more requests
     # indexes /readyz waits for (a templates-only deployment lists just "template")
     require_indexes: list[Literal["image", "template"]] = ["image", "template"]
+    log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (log shippers)
 
 
 class Settings(BaseSettings):

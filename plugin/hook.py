@@ -16,38 +16,46 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from indexers.errors import IndexStoreError
-from rewriters.errors import ModelError
+from rewriters.commands import TASKS
+from rewriters.errors import ConfigError, ModelError, UdrlError
 
 from .config import Settings, load_settings
 from .jobs import make_text_encoder
 from .pipeline import Pipeline, RewriteResult, SearchResult
 
-__all__ = ["RewriteHook", "load_pipeline", "load_engine"]
+__all__ = ["RewriteHook", "load_pipeline", "load_engine", "es_settings", "routed_tasks"]
 
 log = logging.getLogger(__name__)
 
 
-def load_engine(settings: Settings, template_index=None):
+def load_engine(settings: Settings, template_index=None, find_context: bool = True,
+                path: str | os.PathLike[str] | None = None):
     """The rewriter engine the settings ask for (``pipeline.engine``: auto | onnx | ctranslate2 |
     torch; auto serves the ONNX Runtime export when it is current, else the CTranslate2 one,
     else PyTorch).
+
+    A model trained with catalogue context reads it from ``template_index``; when that is None
+    and ``find_context`` is set, the workspace's template index is opened for it. ``path``: a
+    rewriter folder other than the workspace's.
 
     Raises:
         ModelError: no trained rewriter in the workspace, or the engine cannot load it.
     """
     from rewriters.fast import load_engine as load
 
-    path = settings.model_dir
-    if not path.is_dir():
-        raise ModelError(f"no rewriter at {path}; train one with `udrl train`")
+    if path is None and not settings.model_dir.is_dir():
+        raise ModelError(f"no rewriter at {settings.model_dir}; train one with `udrl train`")
+    path = settings.model_dir if path is None else Path(path)
     engine = load(path, engine=settings.pipeline.engine, device=settings.device,
                   batch_size=settings.generation.batch_size)
-    if template_index is None and getattr(getattr(engine, "meta", None), "context_items", 0):
-        template_index = open_indexes(settings, clip=False)[0]
+    if (template_index is None and find_context
+            and getattr(getattr(engine, "meta", None), "context_items", 0)):
+        template_index = _template_side(settings, light=True)
     return attach_context(engine, template_index)
 
 
@@ -93,7 +101,31 @@ def open_indexes(settings: Settings, clip: bool = True):
     return _template_side(settings), image
 
 
-def _template_side(settings: Settings):
+def es_settings(settings: Settings):
+    """The ``EsSettings`` of the template backend: URL, alias, API key or basic auth, TLS."""
+    from indexers.es_schema import EsSettings
+
+    ix = settings.index
+    if not ix.es_url:
+        raise IndexStoreError("index.template_backend is elasticsearch but index.es_url is "
+                              "not set; set UDRL_INDEX__ES_URL")
+    if (ix.es_username is None) != (ix.es_password is None):
+        raise IndexStoreError("Elasticsearch basic auth needs both index.es_username and "
+                              "index.es_password (UDRL_INDEX__ES_USERNAME, "
+                              "UDRL_INDEX__ES_PASSWORD)")
+    if not ix.es_verify_certs:
+        log.warning("index.es_verify_certs is false: the Elasticsearch certificate is not "
+                    "checked; use index.es_ca_certs outside throwaway test clusters")
+    return EsSettings(
+        hosts=ix.es_url, alias=ix.es_alias,
+        api_key=ix.es_api_key.get_secret_value() if ix.es_api_key else None,
+        basic_auth=((ix.es_username, ix.es_password.get_secret_value())
+                    if ix.es_username is not None and ix.es_password is not None else None),
+        ca_certs=str(ix.es_ca_certs) if ix.es_ca_certs is not None else None,
+        verify_certs=ix.es_verify_certs)
+
+
+def _template_side(settings: Settings, light: bool = False):
     from indexers.templates import open_template_index
 
     ix = settings.index
@@ -103,35 +135,32 @@ def _template_side(settings: Settings):
                         "`udrl index templates`)", settings.template_index_dir)
             return None
         return open_template_index("tantivy", root=settings.template_index_dir,
-                                   encoder=make_text_encoder(settings))
-    from indexers.es_schema import EsSettings
-
-    if not ix.es_url:
-        raise IndexStoreError("index.template_backend is elasticsearch but index.es_url is "
-                              "not set; set UDRL_INDEX__ES_URL")
+                                   encoder=make_text_encoder(settings, light))
+    es = es_settings(settings)
     from indexers.errors import EncoderMismatchError
 
-    key = ix.es_api_key.get_secret_value() if ix.es_api_key else None
-    es = EsSettings(hosts=ix.es_url, alias=ix.es_alias, api_key=key)
     try:  # the dense channel is fused by the pipeline, so `search` stays BM25-only
         return open_template_index("elasticsearch", settings=es,
-                                   encoder=make_text_encoder(settings), hybrid=False)
+                                   encoder=make_text_encoder(settings, light), hybrid=False)
     except EncoderMismatchError as e:
         log.warning("template index opened without its dense channel: %s", e)
         return open_template_index("elasticsearch", settings=es, hybrid=False)
 
 
 def load_pipeline(settings: Settings, rewriter=None, indexes: bool = True,
-                  precomputed: bool = True) -> Pipeline:
-    """Load the rewriter, intent model and both indexes of the workspace into a Pipeline.
+                  precomputed: bool = True, tasks: Iterable[str] | None = None) -> Pipeline:
+    """Load the rewriter, intent model and the indexes of the workspace into a Pipeline.
 
-    Missing indexes or intent model are logged and left out (``Pipeline.components`` shows it);
-    a missing rewriter is an error.
+    An index that is missing, damaged or unreachable (Elasticsearch down, alias not built yet,
+    CLIP weights not downloadable) and a missing intent model are logged and left out;
+    ``Pipeline.components`` (``/readyz``) says which and why. A missing rewriter is an error.
 
     Args:
         indexes: False loads only the models (for precomputing rewrites).
         precomputed: False ignores the precomputed-rewrites file and turns the cache off (used
             when the precomputed file itself is being written).
+        tasks: the indexes to open, "image" and/or "template" (default both): a search routed
+            to templates only never loads CLIP.
     """
     from rewriters.intent import load_intent_detector
 
@@ -143,17 +172,52 @@ def load_pipeline(settings: Settings, rewriter=None, indexes: bool = True,
     if not precomputed:
         settings = settings.model_copy(
             update={"pipeline": settings.pipeline.model_copy(update={"cache_size": 0})})
-    image_index, encoder = _image_side(settings) if indexes else (None, None)
-    template_index = _template_side(settings) if indexes else None
+    wanted = (set(TASKS) if tasks is None else set(tasks)) if indexes else set()
+    errors: dict[str, str] = {}
+    image_index, encoder = _open_side("image", wanted, errors, _image_side, settings) or (
+        None, None)
+    template_index = _open_side("template", wanted, errors, _template_side, settings, True)
     if rewriter is None:
-        rewriter = load_engine(settings, template_index)
+        rewriter = load_engine(settings, template_index, find_context="template" not in wanted)
     elif template_index is not None:
         attach_context(rewriter, template_index)
-    text_encoder = make_text_encoder(settings) if indexes else None
+    text_encoder = make_text_encoder(settings, light=True) if indexes else None
     pipe = Pipeline(rewriter, intent, settings, image_index=image_index, image_encoder=encoder,
                     template_index=template_index, text_encoder=text_encoder,
                     load_precomputed=precomputed)
+    pipe.load_errors.update(errors)
     return pipe
+
+
+def routed_tasks(settings: Settings, query: str, task: str | None = None) -> list[str]:
+    """The tasks ``query`` goes to: ``[task]`` when given, else the intent model's routing
+    (both without one), so that a caller loads only those indexes."""
+    if task is not None:
+        if task not in TASKS:
+            raise ConfigError(f"unknown task {task!r}; allowed: {', '.join(TASKS)}")
+        return [task]
+    if not settings.intent_dir.is_dir():
+        return list(TASKS)
+    from rewriters.intent import load_intent_detector
+
+    return list(load_intent_detector(settings.intent_dir).predict(query).routed)
+
+
+def _open_side(task: str, wanted: set[str], errors: dict[str, str], opener, *args):
+    """``opener(*args)`` for a wanted task; a failure is logged and kept in ``errors``."""
+    if task not in wanted:
+        return None
+    build = f"`udrl index {task}s`"
+    try:
+        opened = opener(*args)
+    except UdrlError as e:
+        log.warning("%s index left out: %s", task, e)
+        errors[f"{task}_index"] = str(e)
+        return None
+    if opened is None or opened == (None, None):
+        errors[f"{task}_index"] = f"no {task} index in the workspace; build one with {build}"
+        return None
+    return opened
 
 
 class RewriteHook:

@@ -213,6 +213,9 @@ def train_job(settings: Settings, progress: bool = True):
         result.metrics["onnx"] = str(export_job(settings, settings.train.export_onnx, "onnx"))
     if settings.train.export != "none":
         result.metrics["ctranslate2"] = str(export_job(settings, settings.train.export))
+    from .rewrite_fit import fit_rewrite_fusion
+
+    result.metrics["rewrite_fit"] = fit_rewrite_fusion(settings, progress=progress)
     return result
 
 
@@ -353,9 +356,11 @@ def publish_policy(settings: Settings, force: bool = False):
 
 
 def index_images_job(settings: Settings, source: Path, shard: str | None = None,
-                     rejects: Path | None = None, progress: bool = True,
-                     force: bool = False) -> dict[str, Any]:
-    """Encode a catalogue into a new image-index version and publish it (or one shard)."""
+                     rejects: Path | None = None, log: Path | None = None,
+                     progress: bool = True, force: bool = False) -> dict[str, Any]:
+    """Encode a catalogue into a new image-index version and publish it (or one shard), with
+    a text channel over the images' titles (expanded with the query log's clicks) when
+    ``index.dense`` is on."""
     from indexers.reindex import ImageReindexConfig, reindex_images
 
     ix = settings.index
@@ -363,8 +368,8 @@ def index_images_job(settings: Settings, source: Path, shard: str | None = None,
                              model_name=ix.clip_model, pretrained=ix.pretrained,
                              index_type=ix.image_index_type, batch_size=ix.batch_size,
                              shard=shard, rejects_path=rejects, device=settings.device,
-                             policy=publish_policy(settings, force))
-    return reindex_images(cfg, progress=progress)
+                             log_path=log, policy=publish_policy(settings, force))
+    return reindex_images(cfg, progress=progress, text_encoder=make_text_encoder(settings))
 
 
 def merge_images_job(settings: Settings, progress: bool = True,
@@ -376,14 +381,15 @@ def merge_images_job(settings: Settings, progress: bool = True,
                         policy=publish_policy(settings, force))
 
 
-def make_text_encoder(settings: Settings):
+def make_text_encoder(settings: Settings, light: bool = False):
     """The dense channel's sentence encoder (one shared instance per process), or None when
-    ``index.dense`` is off."""
+    ``index.dense`` is off. ``light``: for queries, without torch where the model allows
+    (``indexers.minilm``)."""
     if not settings.index.dense:
         return None
     from indexers.dense import load_text_encoder
 
-    return load_text_encoder(settings.index.text_model, settings.device)
+    return load_text_encoder(settings.index.text_model, settings.device, light=light)
 
 
 def index_templates_job(settings: Settings, source: Path, rejects: Path | None = None,
@@ -397,12 +403,18 @@ def index_templates_job(settings: Settings, source: Path, rejects: Path | None =
     from .fusion_fit import fit_fusion
 
     ix = settings.index
-    key = ix.es_api_key.get_secret_value() if ix.es_api_key else None
+    es = {}
+    if ix.template_backend == "elasticsearch":
+        from .hook import es_settings
+
+        e = es_settings(settings)
+        es = dict(es_url=e.hosts, api_key=e.api_key, basic_auth=e.basic_auth,
+                  ca_certs=e.ca_certs, verify_certs=e.verify_certs)
     cfg = TemplateReindexConfig(source=source, backend=ix.template_backend,
-                                root=settings.template_index_dir, es_url=ix.es_url,
-                                alias=ix.es_alias, api_key=key, rejects_path=rejects,
-                                log_path=log, keep_versions=ix.keep_versions,
-                                policy=publish_policy(settings, force))
+                                root=settings.template_index_dir, alias=ix.es_alias,
+                                rejects_path=rejects, log_path=log,
+                                keep_versions=ix.keep_versions,
+                                policy=publish_policy(settings, force), **es)
     encoder = make_text_encoder(settings)
 
     def fit(records, qlog):
@@ -425,8 +437,7 @@ def rollback_job(settings: Settings, which: str, to: str | None = None) -> dict[
     if not ix.es_url:
         raise ConfigError("index.template_backend is elasticsearch but index.es_url is not "
                           "set; pass --es-url or set UDRL_INDEX__ES_URL")
-    from indexers.es_schema import EsSettings
+    from .hook import es_settings  # API key or basic auth, TLS
 
-    key = ix.es_api_key.get_secret_value() if ix.es_api_key else None
-    es = EsSettings(hosts=ix.es_url, alias=ix.es_alias, api_key=key)
-    return {"index": which, **rollback_templates("elasticsearch", es=es, to=to)}
+    return {"index": which, **rollback_templates("elasticsearch", es=es_settings(settings),
+                                                 to=to)}

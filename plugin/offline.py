@@ -76,14 +76,15 @@ def parse_command_spec(spec: str) -> tuple[int, int | None]:
 
 def default_modes(pipeline: Pipeline, task: str) -> list[str]:
     """raw, dense and hybrid (when the index has a dense channel), rewrite, fused."""
-    dense = task == "template" and getattr(pipeline.template_index, "has_dense", False)
+    index = pipeline.template_index if task == "template" else pipeline.image_index
+    dense = getattr(index, "has_dense", False)
     return [m for m in RETRIEVAL_MODES if dense or m not in ("dense", "hybrid")]
 
 
 def leaked_queries(pipeline: Pipeline, task: str, queries) -> list[str]:
     """Evaluation queries that the index's query log holds (their clicks are in the index)."""
-    index = pipeline.template_index if task == "template" else None
-    logged = index.logged_queries() if index is not None else set()
+    index = pipeline.template_index if task == "template" else pipeline.image_index
+    logged = index.logged_queries() if hasattr(index, "logged_queries") else set()
     return [q.qid for q in queries if " ".join(q.query.split()).casefold() in logged]
 
 

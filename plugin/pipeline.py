@@ -39,6 +39,7 @@ from .config import Settings
 from .channels import MODES, ModalityResult, ResultItem, search_images, search_templates
 from .fusion import FusionWeights
 from .fusion_fit import fusion_weights
+from .rewrite_fit import read_rewrite_fit
 from .rewrite import PATHS, PromptOutcome, RewriteCache, check_prompt, read_precomputed
 
 __all__ = ["Pipeline", "RewriteResult", "SearchResult", "ModalityResult", "ResultItem",
@@ -126,6 +127,8 @@ class Pipeline:
         self.batcher = batcher or MicroBatcher(rewriter.rewrite_batch, sv.max_batch,
                                                sv.batch_wait_ms)
         self.cache = RewriteCache(settings.pipeline.cache_size)
+        # the rewrite channel's weight and floor fitted after training (plugin.rewrite_fit)
+        self.rewrite_fit = read_rewrite_fit(settings.model_dir, self.model_version)
         self.counters: Counter[str] = Counter()  # path:<p>, fallback:<reason>
         self.load_errors: dict[str, str] = {}  # component -> why it is not loaded (/readyz)
         pre = settings.precomputed_path
@@ -337,9 +340,13 @@ class Pipeline:
 
     def fusion_weights(self, task: str) -> FusionWeights:
         """The fusion weights for ``task``: the settings, with the weights fitted on the
-        training log when the template index was built (``pipeline.fitted_fusion``)."""
-        fitted = (getattr(self.template_index, "fusion_params", None)
-                  if task == "template" else None)
+        training log when the template index was built and the rewrite channel's fitted after
+        training (both when ``pipeline.fitted_fusion``)."""
+        if task != "template":
+            return fusion_weights(self.settings.pipeline, None)
+        fitted = dict(getattr(self.template_index, "fusion_params", None) or {})
+        if self.rewrite_fit:
+            fitted.update(self.rewrite_fit)
         return fusion_weights(self.settings.pipeline, fitted)
 
     def _search(self, query: str, outcome, k: int, filters, mode: str,

@@ -1,4 +1,8 @@
-"""Live checks against a real cluster: set UDRL_ES_URL (and UDRL_ES_API_KEY if it needs one).
+"""Live checks against a real cluster: set UDRL_ES_URL.
+
+A secured cluster (Elasticsearch 8/9 by default) also needs UDRL_ES_API_KEY, or
+UDRL_ES_USERNAME and UDRL_ES_PASSWORD; with https, UDRL_ES_CA_CERTS (the CA file, e.g. the
+node's ``config/certs/http_ca.crt``) or UDRL_ES_VERIFY_CERTS=false for a throwaway cluster.
 
 Run with ``pytest -m elasticsearch tests/indexers/test_templates_live.py``. Every test works
 under a fresh random alias and deletes the indices it created.
@@ -26,9 +30,14 @@ pytestmark = [
 
 @pytest.fixture()
 def settings():
+    user, password = os.environ.get("UDRL_ES_USERNAME"), os.environ.get("UDRL_ES_PASSWORD")
     s = EsSettings(
         hosts=os.environ["UDRL_ES_URL"],
         api_key=os.environ.get("UDRL_ES_API_KEY") or None,
+        basic_auth=(user, password) if user and password else None,
+        ca_certs=os.environ.get("UDRL_ES_CA_CERTS") or None,
+        verify_certs=os.environ.get("UDRL_ES_VERIFY_CERTS", "true").lower() not in
+        ("false", "0", "no"),
         alias=f"udrl-test-{uuid.uuid4().hex[:8]}",
         bulk_chunk_size=200,
         request_timeout=30,
