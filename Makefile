@@ -44,15 +44,17 @@ bench: $(STAMP)
 
 ## compose-check: `docker compose config -q` on docker/docker-compose.yml where Docker Compose
 ## exists; everywhere (with .venv) a structural check too: required services and keys, UDRL_*
-## names and values against plugin.config.Settings, `udrl` command lines, ES server vs client.
+## names and values against plugin.config.Settings, `udrl` command lines, ES server vs client,
+## the service published on loopback unless it has an API key, and every file of the workspace
+## (UDRL_WORKSPACE_DIR, else $(DEMO_WS)) readable by the container's user.
 compose-check:
 	@if docker compose version >/dev/null 2>&1; then \
 		docker compose -f docker/docker-compose.yml config -q || exit 1; \
 		echo "compose-check: docker compose config OK"; \
-		if [ -x $(BIN)/python ]; then $(BIN)/python docker/check_compose.py; fi; \
+		if [ -x $(BIN)/python ]; then DEMO_WS=$(DEMO_WS) $(BIN)/python docker/check_compose.py; fi; \
 	else \
 		echo "compose-check: docker compose is not available; checking the file with Python"; \
-		$(MAKE) -s $(STAMP) && $(BIN)/python docker/check_compose.py; \
+		$(MAKE) -s $(STAMP) && DEMO_WS=$(DEMO_WS) $(BIN)/python docker/check_compose.py; \
 	fi
 
 

@@ -1,5 +1,6 @@
-"""Structural check of docker/docker-compose.yml (run by `make compose-check`)."""
-import importlib.metadata as md, io, json, os, re, sys
+"""Structural check of docker/docker-compose.yml (run by `make compose-check`); also the bind
+address of the service and the modes of the workspace files the container's user must read."""
+import importlib.metadata as md, io, ipaddress, json, os, re, stat, sys
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 try:
@@ -139,7 +140,57 @@ for name, svc in services.items():
         del os.environ[k]
     os.environ.update(saved)
 
+# udrl: published on this host's loopback unless the API has a key (without one, anyone who
+# reaches the port can use it)
+def host_ip(port):  # "IP:HOST:CONTAINER", "HOST:CONTAINER", "CONTAINER" or the long syntax
+    if isinstance(port, dict):
+        return port.get("host_ip") or "0.0.0.0"
+    m = re.match(r"^\[?([0-9a-fA-F.:]+?)\]?:[^:\]]+:[^:\]]+$", str(port))
+    return m.group(1) if m else "0.0.0.0"
+def loopback(ip):
+    try:
+        return ip == "localhost" or ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+uenv = as_dict(u.get("environment"))
+if u.get("env_file") and envfile.is_file():
+    uenv.update(as_dict(envlines(envfile)))
+binds = [host_ip(p) for p in u.get("ports", [])]
+for ip in binds:
+    check(loopback(ip) or uenv.get("UDRL_SERVICE__API_KEY"),
+          f"udrl: port published on {ip} (beyond this host's loopback) with no API key; set "
+          f"UDRL_BIND=127.0.0.1, or UDRL_SERVICE__API_KEY in {envfile}")
+
+# the workspace the container reads (UDRL_WORKSPACE_DIR when it is a host folder, else the
+# folder `make demo` writes and docker/README.md copies into the volume): every file and
+# folder readable by the container's user
+def readable(st, uid, gid, need):  # need: 4 (read) or 5 (read + enter)
+    if uid == 0:
+        return True
+    shift = 6 if st.st_uid == uid else 3 if st.st_gid == gid else 0
+    return (st.st_mode >> shift) & need == need
+uid, gid = int(ENV.get("UDRL_UID") or 10001), int(ENV.get("UDRL_GID") or 10001)
+wsdir = ENV.get("UDRL_WORKSPACE_DIR") or ""
+ws = ((FILE.parent / wsdir).expanduser().resolve() if wsdir.startswith((".", "/", "~"))
+      else Path(os.environ.get("DEMO_WS") or "demo-workspace"))
+checked, bad = 0, []
+if ws.is_dir():
+    for base, dirs, files in os.walk(ws):
+        for name, need in [(d, 5) for d in dirs] + [(f, 4) for f in files] + [("", 5)] * (base == str(ws)):
+            path = Path(base, name)
+            st = path.lstat()
+            if stat.S_ISLNK(st.st_mode):
+                continue
+            checked += 1
+            if not readable(st, uid, gid, need):
+                bad.append(f"{path.relative_to(ws).as_posix() or '.'} ({stat.filemode(st.st_mode)})")
+    check(not bad, f"{ws}: {len(bad)} of {checked} files or folders are not readable by uid "
+          f"{uid} (the container's user), e.g. {', '.join(bad[:5])}; fix with: chmod -R a+rX {ws}")
+
 if errors:
     sys.exit("\n".join(f"compose-check: {FILE}: {e}" for e in errors))
 print(f"compose-check: {FILE} OK: services {', '.join(services)}; UDRL_* settings, udrl commands "
-      f"and Elasticsearch {tag.group(1)}.x vs Python client {md.version('elasticsearch')} checked")
+      f"and Elasticsearch {tag.group(1)}.x vs Python client {md.version('elasticsearch')} checked; "
+      f"udrl published on {', '.join(binds) or 'no port'}"
+      + (f"; {checked} files and folders of {ws} readable by uid {uid}" if ws.is_dir() else
+         f"; no workspace at {ws} to check"))
