@@ -133,8 +133,10 @@ def _check_outputs(outs, n, tokenizer, allowed):
     words = set(tokenizer.decode(allowed).replace(",", " ,").split())
     for group in outs:
         assert len(group) == n
-        for r in group:  # ended within the budget, no leaked command token
-            assert r.valid or r.problems == ("empty output",), r.problems  # <|end|> came first
+        for r in group:  # no leaked command token; a random model may run out of its budget
+            assert r.valid or r.problems in (("empty output",),  # <|end|> came first
+                                             ("no end token within the token budget",)), \
+                r.problems
             assert "<|" not in r.prompt and "\n" not in r.prompt
             assert set(r.prompt.replace(",", " ,").split()) <= words
             ids = tokenizer.encode(" " + r.prompt)
