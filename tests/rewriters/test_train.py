@@ -197,6 +197,25 @@ def test_context_is_read_after_the_ctx_token_and_saved_in_the_meta(trained_with_
     assert "<|ctx|>" not in rw.tokenizer.decode(rw.encode_input("red cabin", rw_command()))
 
 
+def test_context_is_cut_only_as_far_as_the_prompt_needs(trained_with_context):
+    # training kept whole contexts wherever the example fit the window, so a 40-word request
+    # keeps as much context as leaves the prompt its least budget (2 x words + markers + 1)
+    from rewriters.budget import least_budget
+    from rewriters.commands import Command
+
+    rw = load_rewriter(trained_with_context[0].model_dir)
+    long = Command("template", 40, 4)
+    need = least_budget(40, rw._marker_count(40))
+    rw.context = lambda q: "zanzibar lantern"
+    assert "<|ctx|> zanzibar lantern<|prompt|>" in rw.tokenizer.decode(
+        rw.encode_input("red cabin", long))
+    rw.context = lambda q: " ".join(["zanzibar lantern"] * 60)  # far more than the window
+    ids = rw.encode_input("red cabin", long)
+    assert len(ids) == rw.n_positions - need  # cut to exactly what the prompt leaves
+    assert "red cabin <|ctx|> zanzibar" in rw.tokenizer.decode(ids)
+    assert ids[-1] == rw.prompt_id
+
+
 def test_output_vocabulary_covers_catalogue_words(trained_with_context):
     result, _ = trained_with_context
     rw = load_rewriter(result.model_dir)
