@@ -3,5 +3,5 @@
 __all__ = [
     "batching", "channels", "cli", "cli_serving", "config", "demo", "errors", "fusion",
     "fusion_fit", "grounded_jobs", "grounding", "hook", "jobs", "offline", "pipeline",
-    "retrieval_eval", "rewrite", "sample_catalog", "service", "trec",
+    "published", "reload", "retrieval_eval", "rewrite", "sample_catalog", "service", "trec",
 ]
