@@ -10,6 +10,8 @@ Public modules (import the one you need; importing the package itself loads none
     images             ImageIndex over FAISS, ImageIndexConfig, load_image_index
     image_build        build_image_index (resumable, sharded), merge_image_shards
     image_resume       the commit log of an image build; what a resumed build may reuse
+    image_encode       the per-batch encode functions and the runners (local, ray)
+    image_ray          RayRunner: a build's batches on a pool of Ray encoder actors
     publish            publish checks (count drop, reject rate) and rollback
     catalog_templates  template catalogues (JSONL / CSV) -> TemplateRecord + rejects
     templates          TemplateIndex interface, build/open_template_index by backend name
@@ -36,6 +38,8 @@ __all__ = [
     "es_index",
     "es_schema",
     "image_build",
+    "image_encode",
+    "image_ray",
     "image_resume",
     "images",
     "publish",

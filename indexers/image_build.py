@@ -14,12 +14,16 @@ the previously published version keeps answering. Chunks are deleted after publi
 A build the checks refuse stays unfinished: ``force`` on the next run publishes it without
 encoding again.
 
+Batches are encoded by a runner (``image_encode``): in this process by default, or by a pool
+of actors on a Ray cluster (``image_ray.RayRunner``); either way this module commits them.
+
 Sharding (``cfg.shard = "i/n"``) encodes only records with ``crc32(id) % n == i`` into its own
 store; ``merge_image_shards`` joins the shard stores into one published version.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -27,17 +31,16 @@ import sys
 import time
 import zlib
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
-from .catalog_images import ImageRecord, RejectLog, load_catalog, open_image
+from .catalog_images import RejectLog, load_catalog
 from .encoders import ClipEncoder, ImageEncoder
-from .errors import ConfigError, DataError, EncoderMismatchError, ModelError
+from .errors import ConfigError, DataError, EncoderMismatchError
+from .image_encode import EncodeRunner, LocalRunner
 from .image_resume import (
     CHUNK_LOG,
     catalog_checksum,
@@ -77,6 +80,7 @@ class BuildReport:
     index_type: str  # flat, hnsw or ivf as built
     encoder: str  # encoder name recorded in index_meta.json
     changed: int = 0  # images encoded again because their file changed since it was encoded
+    runner: str = "local"  # where the images were encoded: local, ray
     publish_check: dict | None = None  # PublishCheck.as_dict(); None for a shard build
 
 
@@ -88,53 +92,6 @@ def shard_of(record_id: str, n: int) -> int:
 def encoder_from_config(cfg: ImageIndexConfig, device: str = "cpu") -> ClipEncoder:
     """The ``ClipEncoder`` that ``cfg.model_name``/``cfg.pretrained`` describe."""
     return ClipEncoder(cfg.model_name, cfg.pretrained, device=device)
-
-
-def _prepare(
-    records: Sequence[ImageRecord], encoder: ImageEncoder
-) -> tuple[list[str], torch.Tensor | None, list[dict]]:
-    """Decode and preprocess one batch (runs in the loader thread).
-
-    Returns:
-        ids that decoded, their pixels (B, 3, H, W) or None, and reject rows for the rest.
-    """
-    ids, pixels, bad = [], [], []
-    for r in records:
-        try:
-            pixels.append(encoder.preprocess(open_image(r.path)))
-            ids.append(r.id)
-        except (DataError, OSError, ValueError, RuntimeError, TypeError) as e:
-            # DataError: the file does not decode; others: preprocess failed on a decoded image
-            why = str(e) if isinstance(e, DataError) else f"cannot preprocess {r.path}: {e!r}"
-            bad.append({"file": r.source, "line": r.line, "id": r.id, "reason": why})
-    return ids, (torch.stack(pixels) if pixels else None), bad
-
-
-def _encode_all(todo, encoder, version, rejects, cfg, first_chunk, pbar, fps) -> int:
-    """Encode ``todo`` in batches, committing each; decode of batch b+1 overlaps encode of b."""
-    batches = [todo[i : i + cfg.batch_size] for i in range(0, len(todo), cfg.batch_size)]
-    encoded = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="image-loader") as pool:
-        nxt: Future | None = pool.submit(_prepare, batches[0], encoder) if batches else None
-        try:
-            for b in range(len(batches)):
-                ids, pixels, bad = nxt.result()
-                more = b + 1 < len(batches)
-                nxt = pool.submit(_prepare, batches[b + 1], encoder) if more else None
-                vecs = np.zeros((0, encoder.dim), np.float32)
-                if pixels is not None:
-                    vecs = np.ascontiguousarray(encoder.encode_pixels(pixels), np.float32)  # (B, D)
-                if vecs.shape != (len(ids), encoder.dim):
-                    msg = f"encoder {encoder.name} gave {vecs.shape} for {len(ids)} images"
-                    raise ModelError(msg)
-                commit_chunk(version, first_chunk + b, vecs, ids, bad, fps)
-                rejects.extend(bad)
-                encoded += len(ids)
-                pbar.update(len(batches[b]))
-        finally:
-            if nxt is not None:
-                nxt.cancel()
-    return encoded
 
 
 def _publish(store: IndexStore, version: Path, index: ImageIndex, extra_meta: dict) -> None:
@@ -165,6 +122,7 @@ def build_image_index(
     expansions: dict[str, list[str]] | None = None,
     extra_meta: dict | None = None,
     policy: PublishPolicy | None = DEFAULT_POLICY,
+    runner: EncodeRunner | None = None,
 ) -> BuildReport:
     """Encode a catalogue and publish its index as a new version of the store at ``store_root``.
 
@@ -180,6 +138,9 @@ def build_image_index(
         extra_meta: more fields for the version's ``index_meta.json`` (e.g. the log's summary).
         policy: publish checks against the live version (``publish.PublishPolicy``); None
             skips them. Shard builds are not checked (their merge is).
+        runner: where batches are encoded (``image_encode``): None = this process
+            (``LocalRunner``); ``image_ray.RayRunner`` spreads them over a Ray cluster. Resume,
+            rejects and the report are the same for both.
 
     Returns:
         A ``BuildReport``; the published version path is ``report.version``.
@@ -220,12 +181,23 @@ def build_image_index(
             log.info("resuming %s: %d images already encoded, %d changed since, %d to go",
                      version, resumed, changed, len(todo))
 
-        first_chunk = 1 + max((int(e["chunk"][6:12]) for e in entries), default=-1)
+        chunks = itertools.count(1 + max((int(e["chunk"][6:12]) for e in entries), default=-1))
+        runner = runner or LocalRunner()
         t0 = time.perf_counter()
         bar = tqdm(total=len(records), initial=len(records) - len(todo), disable=not progress,
-                   desc="encoding images", unit="img")
+                   desc=f"encoding images ({runner.name})", unit="img")
+        encoded = 0
+
+        def commit(ids: list[str], vecs: np.ndarray, bad: list[dict], handled: int) -> None:
+            nonlocal encoded
+            commit_chunk(version, next(chunks), vecs, ids, bad, fps)
+            rejects.extend(bad)
+            encoded += len(ids)
+            bar.update(handled)
+
         with bar:
-            encoded = _encode_all(todo, encoder, version, rejects, cfg, first_chunk, bar, fps)
+            if todo:
+                runner.run(todo, encoder, cfg.batch_size, commit)
         secs = time.perf_counter() - t0
         rate = encoded / secs if encoded and secs > 0 else 0.0
 
@@ -268,7 +240,7 @@ def build_image_index(
         version=version, count=len(index), encoded=encoded, resumed=resumed,
         rejected=rejects.count, skipped_other_shards=n_all - len(records), encode_seconds=secs,
         images_per_s=rate, rejects_path=rejects.path, index_type=index.index_type,
-        encoder=encoder.name, changed=changed, publish_check=check,
+        encoder=encoder.name, changed=changed, publish_check=check, runner=runner.name,
     )
 
 

@@ -23,6 +23,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -105,8 +106,16 @@ class ImageReindexConfig:
     # When the new version may replace the live one (count drop, reject rate, force; see
     # indexers.publish). Shard builds are not checked: their merge is.
     policy: PublishPolicy = DEFAULT_POLICY
+    # Encode on Ray (indexers.image_ray): "local" starts a Ray instance for this run, "auto"
+    # joins this node's cluster, "ray://head:10001" a remote one. None: encode in this process.
+    ray_address: str | None = None
+    # Ray encoder actors; None: one per GPU the cluster has, else one per 8 CPUs (fewer on
+    # smaller nodes). Only with ray_address.
+    ray_actors: int | None = None
 
     def __post_init__(self) -> None:
+        if self.ray_actors is not None and self.ray_address is None:
+            raise ConfigError("ray_actors is set but ray_address is not; give --ray too")
         for name in ("source", "store_root"):
             if not str(getattr(self, name) or "").strip():
                 raise ConfigError(f"ImageReindexConfig.{name} is missing; give a path")
@@ -195,10 +204,11 @@ def reindex_images(
     if encoder is None:
         encoder = encoder_from_config(index_cfg, device=cfg.device)
     expansions = qlog.expansions(None, cfg.log_max_per_item) if qlog is not None else None
+    runner = _runner(cfg, index_cfg)
     rep = build_image_index(cfg.source, target, encoder, index_cfg, progress=progress,
                             text_encoder=text_encoder, expansions=expansions,
                             extra_meta={"log": log_report} if log_report else None,
-                            policy=cfg.policy)
+                            policy=cfg.policy, runner=runner)
     copy = None
     if cfg.rejects_path is not None:
         copy = Path(cfg.rejects_path)
@@ -224,8 +234,27 @@ def reindex_images(
         "log": log_report,
         "images_per_s": round(rep.images_per_s, 2),
         "encode_seconds": round(rep.encode_seconds, 3),
+        "runner": rep.runner,
+        "ray": None if cfg.ray_address is None else {
+            "address": cfg.ray_address, "actors": runner.actors, "device": runner.device},
         "seconds": round(time.perf_counter() - t0, 3),
     }
+
+
+def _runner(cfg: ImageReindexConfig, index_cfg: ImageIndexConfig):
+    """The encode runner the job asks for: None (this process) or a ``RayRunner``."""
+    if cfg.ray_address is None:
+        return None
+    from .image_build import encoder_from_config
+    from .image_encode import make_runner
+    from .image_ray import RayEncodeConfig, ray_available
+
+    if not ray_available():
+        raise ConfigError("--ray needs Ray Data, which is not installed: "
+                          "pip install 'udrl-search[ray]' (or 'ray[data]')")
+    # the actors choose their device: cuda when the cluster has GPUs (cfg.device is the driver's)
+    return make_runner("ray", cfg=RayEncodeConfig(address=cfg.ray_address, actors=cfg.ray_actors),
+                       factory=partial(encoder_from_config, index_cfg))
 
 
 def merge_images(
