@@ -95,6 +95,33 @@ if check(tag, f"elasticsearch: image {es.get('image')!r} needs an x.y.z version 
           f"(it sends compatible-with={client}); set ES_VERSION to a {client}.x release or build "
           f"udrl with EXTRA_PIP=\"elasticsearch<{server + 1}\"")
 
+# profile es-cluster: each Elasticsearch node names itself, seeds from the others and bootstraps
+# from all of them (one cluster.name, the single node's image); its udrl services wait for every
+# node to be healthy and talk to one of them
+nodes = {n: s for n, s in services.items()
+         if "es-cluster" in (s.get("profiles") or []) and "/elasticsearch:" in s.get("image", "")}
+check(not nodes or len(nodes) >= 2, f"es-cluster: needs two or more Elasticsearch nodes, has {sorted(nodes)}")
+for n, s in nodes.items():
+    e = as_dict(s.get("environment"))
+    check(e.get("node.name") == n, f"es-cluster: {n}: node.name must be {n!r}")
+    check(e.get("discovery.type") != "single-node", f"es-cluster: {n}: a single-node node joins no cluster")
+    check(e.get("cluster.name") == as_dict(next(iter(nodes.values())).get("environment")).get("cluster.name"),
+          f"es-cluster: {n}: every node needs the same cluster.name")
+    check(set(e.get("cluster.initial_master_nodes", "").split(",")) == set(nodes),
+          f"es-cluster: {n}: cluster.initial_master_nodes must list {','.join(nodes)}")
+    check(set(e.get("discovery.seed_hosts", "").split(",")) >= set(nodes) - {n},
+          f"es-cluster: {n}: discovery.seed_hosts must name {','.join(sorted(set(nodes) - {n}))}")
+    check("-Xms" in e.get("ES_JAVA_OPTS", "") and "-Xmx" in e.get("ES_JAVA_OPTS", ""), f"es-cluster: {n}: ES_JAVA_OPTS needs -Xms and -Xmx")
+    check("_cluster/health" in str((s.get("healthcheck") or {}).get("test", "")), f"es-cluster: {n}: the healthcheck must query _cluster/health")
+    check(s.get("image") == es.get("image"), f"es-cluster: {n}: image {s.get('image')!r} is not elasticsearch's {es.get('image')!r}")
+for n, s in services.items():
+    url = as_dict(s.get("environment")).get("UDRL_INDEX__ES_URL", "")
+    if nodes and "es-cluster" in (s.get("profiles") or []) and url:
+        check(re.sub(r"^\w+://([^:/]+).*$", r"\1", url) in nodes, f"es-cluster: {n}: UDRL_INDEX__ES_URL {url} is no node of {sorted(nodes)}")
+        deps = s.get("depends_on") or {}
+        check(all((deps.get(x) or {}).get("condition") == "service_healthy" for x in nodes),
+              f"es-cluster: {n}: depends_on needs every node ({', '.join(nodes)}) with condition: service_healthy")
+
 # udrl: built from the repository root, waits for a healthy Elasticsearch, serves 8080 from /data
 u = services.get("udrl", {})
 b = u.get("build") or {}
@@ -155,7 +182,8 @@ def loopback(ip):
 uenv = as_dict(u.get("environment"))
 if u.get("env_file") and envfile.is_file():
     uenv.update(as_dict(envlines(envfile)))
-binds = [host_ip(p) for p in u.get("ports", [])]
+binds = [host_ip(p) for name, svc in services.items() if svc.get("image") == u.get("image")
+         for p in svc.get("ports", [])]  # udrl and every service of its image
 for ip in binds:
     check(loopback(ip) or uenv.get("UDRL_SERVICE__API_KEY"),
           f"udrl: port published on {ip} (beyond this host's loopback) with no API key; set "
