@@ -47,6 +47,7 @@ __all__ = [
     "EsTemplateIndex",
     "build_es_index",
     "connect",
+    "live_es_version",
     "open_es_index",
     "search_body",
     "template_mapping",
@@ -256,6 +257,20 @@ class EsTemplateIndex(TemplateIndex):
         if self._es is not None and self._owns_client:
             self._es.close()
         self._es = None
+
+
+def live_es_version(es: Elasticsearch, alias: str) -> str | None:
+    """The concrete index ``alias`` points at now (None when it does not exist): the version a
+    fresh ``open_es_index`` would serve. One small request, cheap enough to poll.
+
+    Raises:
+        IndexStoreError: the cluster cannot be reached or refuses the request.
+    """
+    try:
+        targets = _alias_targets(es, alias)
+    except (ApiError, TransportError) as e:
+        raise IndexStoreError(f"cannot read alias {alias!r}: {e}") from e
+    return targets[-1] if targets else None
 
 
 def open_es_index(

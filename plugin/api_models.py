@@ -20,11 +20,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from rewriters.commands import LENGTH_MAX, LENGTH_MIN
 
 from .pipeline import MAX_QUERY_CHARS
+from .reload import ReloadStatus
 
 __all__ = [
     "ComponentOut",
     "ErrorDetail",
     "ErrorResponse",
+    "Filters",
     "ModalityOut",
     "PromptOut",
     "ReadyResponse",
@@ -34,6 +36,7 @@ __all__ = [
     "SearchRequest",
     "SearchResponse",
     "Task",
+    "TemplateFilters",
     "error_response",
     "error_responses",
 ]
@@ -54,6 +57,8 @@ def _int(low: int, high: int) -> Any:
 Length, Relevance = _int(LENGTH_MIN, LENGTH_MAX), _int(0, 4)
 # a query needs a word: at least one character that str.split() does not drop
 QUERY = dict(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")
+CACHE_FIELD = ("false: ask the model even when the rewrite cache or the precomputed rewrites "
+               "hold a prompt (its answer still refreshes the cache).")
 
 
 class RewriteRequest(BaseModel):
@@ -66,6 +71,37 @@ class RewriteRequest(BaseModel):
     n: _int(1, 8) = Field(1, description="Prompts per task.")
     deadline_ms: float | None = Field(None, gt=0, allow_inf_nan=False,
                                       description="Lower the deadline (milliseconds).")
+    cache: bool = Field(True, description=CACHE_FIELD)
+
+
+Word = Annotated[str, Field(pattern=r"\S")]  # a string with something besides spaces
+
+
+class TemplateFilters(BaseModel):
+    """The template index's filters (``indexers.templates.FILTER_KEYS``); other keys are a 422."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
+
+    category: Word | None = Field(None, description="Only this category (case-insensitive).")
+    tags: list[Word] | None = Field(None, description="Only items carrying all these tags "
+                                    "(case-insensitive).")
+
+
+class Filters(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    image: dict[str, Any] | None = Field(None, description="Metadata constraints: every key "
+                                         "must match the item's metadata.")
+    template: TemplateFilters | None = None
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        """``{task: filters}`` as the pipeline takes them."""
+        out: dict[str, dict[str, Any]] = {}
+        if self.image is not None:
+            out["image"] = self.image
+        if self.template is not None:
+            out["template"] = self.template.model_dump(exclude_none=True)
+        return out
 
 
 class SearchRequest(BaseModel):
@@ -73,13 +109,15 @@ class SearchRequest(BaseModel):
 
     query: str = Field(..., **QUERY, description="Search query.")
     k: _int(1, 1000) | None = Field(None, description="Results per modality.")
-    filters: dict[Task, dict[str, Any]] | None = Field(
+    filters: Filters | None = Field(
         None, description='Per modality, e.g. {"template": {"category": "invitation"}}.')
     task: Task | None = None
     length: Length | None = None
     relevance: Relevance | None = None
     fusion: bool | None = Field(None, description="Override RRF fusion of raw and rewrite.")
-    deadline_ms: float | None = Field(None, gt=0, allow_inf_nan=False)
+    deadline_ms: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                      description="Lower the deadline (milliseconds).")
+    cache: bool = Field(True, description=CACHE_FIELD)
     lists: bool = Field(False, description="Also return each channel's own top k per modality "
                         "(raw, dense, rewrite), as the search page at / shows them.")
 
@@ -146,9 +184,10 @@ def error_response(status: int, code: str, message: str,
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(..., description="Machine-readable: bad_request, unauthorized, "
-                      "body_too_large, invalid_request, not_found, method_not_allowed, "
-                      "unavailable, index_unavailable, not_ready.")
+    code: str = Field(..., description="Machine-readable: bad_request, query_too_long, "
+                      "unauthorized, body_too_large, invalid_request, not_found, "
+                      "method_not_allowed, unavailable, index_unavailable, queue_full, "
+                      "not_ready, reload_in_progress, reload_failed.")
     message: str = Field(..., description="What was wrong, naming the value and the fix.")
 
 
@@ -171,14 +210,21 @@ class ReadyResponse(BaseModel):
     ready: bool = Field(..., description="The rewriter, the intent model and every index in "
                         "service.require_indexes are loaded.")
     components: dict[str, ComponentOut]
+    reload: ReloadStatus | None = Field(None, description="Hot reload: the watch's interval "
+                                        "and the last reload (POST /admin/reload or the watch).")
 
 
 _ERRORS = {
-    400: "A value the pipeline refuses, e.g. a query with no words.",
+    400: "A value the pipeline refuses, e.g. a query with no words (bad_request), or a query "
+         "too long for the model's window (query_too_long).",
     401: "Missing or wrong X-API-Key header (when the service has a key).",
-    413: "The request body is over service.max_body_bytes.",
+    413: "The request body is over service.max_body_bytes (by Content-Length, or as soon as "
+         "more bytes arrive).",
+    409: "Another reload is running (reload_in_progress).",
     422: "Malformed body: not JSON, a wrong type, an unknown field or a value out of range.",
-    503: "Not ready: the pipeline is still loading, or an index backend is unavailable.",
+    500: "A component failed to load (reload_failed); the old one keeps serving.",
+    503: "Not ready: the pipeline is still loading, or an index backend is unavailable; or "
+         "the rewrite queue is full (queue_full, when service.queue_full is \"503\").",
 }
 
 
@@ -186,7 +232,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for the error statuses a route returns, all with ``ErrorResponse``.
 
     Args:
-        statuses: any of 400, 401, 413, 422, 503.
+        statuses: any of 400, 401, 409, 413, 422, 500, 503.
     """
     return {status: {"model": ErrorResponse, "description": _ERRORS[status]}
             for status in statuses}

@@ -50,15 +50,13 @@ def serve(
     warning = bind_warning(s)
     if warning:
         log.warning(warning)
-    pipe = load_pipeline(s)  # load before serving: a missing rewriter is one error line
-    app = create_app(pipe)
+    # load before serving: a missing rewriter is one error line. The app owns the pipeline: it
+    # closes it at shutdown, or once a reload has replaced it and its last request is done
+    app = create_app(load_pipeline(s), own=True)
     app.dependency_overrides[get_settings] = lambda: s
-    try:
-        # log_config=None: uvicorn's lines go through the handler configured above
-        uvicorn.run(app, host=s.service.host, port=s.service.port, log_level="info",
-                    log_config=None)
-    finally:
-        pipe.close()
+    # log_config=None: uvicorn's lines go through the handler configured above
+    uvicorn.run(app, host=s.service.host, port=s.service.port, log_level="info",
+                log_config=None)
 
 
 def search(

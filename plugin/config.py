@@ -136,9 +136,23 @@ class IndexSettings(BaseModel):
     # Refuse a build when more than this share of the catalogue's records were rejected (bad
     # lines, missing id/title, duplicate ids, unreadable images); 1 = off.
     publish_max_reject_rate: float = Field(0.2, ge=0, le=1)
-    # tantivy template versions kept after publishing (the live one and the one live before
-    # it always stay besides)
+    # tantivy template versions and Elasticsearch image indices kept after publishing (the
+    # live one and the one live before it always stay besides)
     keep_versions: int = Field(3, ge=1, le=100)
+    # where the image index lives: faiss (versions under <workspace>/indexes/images) or
+    # elasticsearch (an index per build behind es_image_alias, on es_url with the credentials
+    # and TLS settings above; the CLIP vectors are still encoded here)
+    image_backend: Literal["faiss", "elasticsearch"] = "faiss"
+    es_image_alias: str = "udrl-images"  # the image index's own alias (never es_alias)
+    # dense_vector index options: int8_hnsw (4x smaller than floats), bbq_hnsw (32x; needs
+    # Elasticsearch 8.16 and >= 64 dims) or hnsw (floats)
+    es_image_index_type: Literal["int8_hnsw", "bbq_hnsw", "hnsw"] = "int8_hnsw"
+    es_image_m: int = Field(16, ge=4, le=512)  # HNSW links per node
+    es_image_ef_construction: int = Field(100, ge=10, le=3200)  # candidates while linking
+    es_image_num_candidates: int = Field(100, ge=1, le=10_000)  # per shard at query time
+    # re-rank oversample x k quantized hits with the float vectors (Elasticsearch 8.18+;
+    # int8/bbq only); 1-10, 0: off
+    es_image_oversample: float = Field(3.0, ge=0, le=10)
 
     @property
     def pretrained(self) -> str | None:
@@ -182,13 +196,20 @@ class ServiceSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     api_key: SecretStr | None = None  # when set, requests need header X-API-Key
-    deadline_ms: float = Field(1500.0, gt=0)  # model time per request before failing open
+    deadline_ms: float = Field(1500.0, gt=0)  # whole request; the model fails open at its end
     max_body_bytes: int = Field(16_384, ge=256)  # larger request bodies get 413
     max_batch: int = Field(16, ge=1, le=512)  # micro-batch: most items per model call
     batch_wait_ms: float = Field(5.0, ge=0, le=1000)  # micro-batch: wait for more requests
+    max_queue: int = Field(64, ge=1, le=100_000)  # micro-batch: most jobs waiting for the model
+    # when max_queue jobs wait: "raw" answers with the raw query (path raw, reason queue_full);
+    # "503" refuses the request (HTTP 503, code queue_full)
+    queue_full: Literal["raw", "503"] = "raw"
     # indexes /readyz waits for (a templates-only deployment lists just "template")
     require_indexes: list[Literal["image", "template"]] = ["image", "template"]
     log_format: Literal["text", "json"] = "text"  # json: one JSON object per line (log shippers)
+    # seconds between looks at the published index versions and rewriter files (hot reload,
+    # plugin.reload); 0: off (POST /admin/reload still reloads)
+    reload_interval_s: float = Field(10.0, ge=0, le=86_400)
 
 
 class Settings(BaseSettings):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rewriters.commands import Command, count_words
-from rewriters.errors import ConfigError
+from rewriters.errors import ConfigError, QueryTooLongError
 
 from .channels import MODES
 from .pipeline import RETRIEVAL_MODES, Pipeline, RewriteResult
@@ -41,14 +41,20 @@ def precompute_rewrites(pipeline: Pipeline, queries: Sequence[str], target,
 
     t0 = time.perf_counter()
 
-    def one(q: str) -> RewriteResult:
-        return pipeline.rewrite(q, task, n=n, deadline_ms=3_600_000)
+    def one(q: str) -> RewriteResult | None:
+        try:
+            return pipeline.rewrite(q, task, n=n, deadline_ms=3_600_000)
+        except QueryTooLongError:  # the model's window cannot take it: nothing to precompute
+            return None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(tqdm(pool.map(one, queries), total=len(queries), desc="rewriting",
                             unit="query", disable=not progress))
     rows, raw = [], 0
     for res in results:
+        if res is None:
+            raw += 1
+            continue
         for o in res.prompts:
             if o.path == "raw":
                 raw += 1

@@ -3,8 +3,8 @@
 ::
 
     query ─► IntentDetector ─► tasks ─► commands (task, length, relevance)
-                                            │
-                 RewriteCache ◄─────────────┤ miss
+                                            │ check_query: too long for the window → refused
+                 RewriteCache ◄─────────────┤ miss                          (plugin.prompts)
                                             ▼
                                   MicroBatcher ─► OnnxRewriter / FastRewriter / Rewriter
                                             │ check_prompt: accept | retry (sample) | raw query
@@ -16,7 +16,8 @@
 
 Every result says which lists it came from (rank in each channel's list), every modality which
 channels were used with what weight, every prompt which path it took, and the response carries
-the index versions and timings per stage.
+the index versions and timings per stage. One deadline covers the whole request; the model
+waits only for what the other stages leave of it.
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ import logging
 import time
 import zlib
 from collections import Counter
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from indexers.errors import IndexStoreError
 from rewriters.commands import TASKS, Command
-from rewriters.errors import ConfigError, UdrlError
+from rewriters.errors import ConfigError, QueryTooLongError
 from rewriters.generate import Rewrite
 
 from .batching import MicroBatcher
@@ -39,6 +39,7 @@ from .config import Settings
 from .channels import MODES, ModalityResult, ResultItem, search_images, search_templates
 from .fusion import FusionWeights
 from .fusion_fit import fusion_weights
+from .prompts import PromptStage, count_paths, raw_outcome
 from .rewrite_fit import read_rewrite_fit
 from .rewrite import PATHS, PromptOutcome, RewriteCache, check_prompt, read_precomputed
 
@@ -125,11 +126,13 @@ class Pipeline:
         self.template_index, self.text_encoder = template_index, text_encoder
         sv = settings.service
         self.batcher = batcher or MicroBatcher(rewriter.rewrite_batch, sv.max_batch,
-                                               sv.batch_wait_ms)
+                                               sv.batch_wait_ms, sv.max_queue)
         self.cache = RewriteCache(settings.pipeline.cache_size)
         # the rewrite channel's weight and floor fitted after training (plugin.rewrite_fit)
         self.rewrite_fit = read_rewrite_fit(settings.model_dir, self.model_version)
         self.counters: Counter[str] = Counter()  # path:<p>, fallback:<reason>
+        # moving average of the search stages' seconds (what search() keeps back for them)
+        self._search_s: float | None = None
         self.load_errors: dict[str, str] = {}  # component -> why it is not loaded (/readyz)
         pre = settings.precomputed_path
         self.precomputed: dict[str, int] | None = None
@@ -179,15 +182,30 @@ class Pipeline:
 
     def rewrite(self, query: str, task: str | None = None, length: int | None = None,
                 relevance: int | None = None, n: int = 1,
-                deadline_ms: float | None = None, seed: int | None = None) -> RewriteResult:
+                deadline_ms: float | None = None, seed: int | None = None,
+                cache: bool = True) -> RewriteResult:
         """Detect intent and rewrite the query for each routed task (or for ``task`` only).
 
-        Never raises for a slow or failing model: such prompts fall back to the raw query.
-        ``seed`` makes the sampled retries reproducible (offline evaluation uses it).
+        Never raises for a slow, busy or failing model: such prompts fall back to the raw query.
+        The deadline (``deadline_ms``, else ``service.deadline_ms``) counts from this call:
+        intent detection spends from it and the model gets what is left. ``seed`` makes the
+        sampled retries reproducible (offline evaluation uses it); ``cache=False`` skips cached
+        and precomputed prompts and asks the model.
 
         Raises:
             ConfigError: bad query, task, length, relevance or n.
+            QueryTooLongError: the query leaves too little of the model's window for a prompt
+                of a routed command (checked before anything is queued).
+            QueueFullError: ``service.max_queue`` jobs wait and ``service.queue_full`` is
+                ``"503"``.
         """
+        deadline = self.settings.service.deadline_ms if deadline_ms is None else deadline_ms
+        return self._rewrite(query, task, length, relevance, n,
+                             time.monotonic() + deadline / 1000.0, seed, cache)
+
+    def _rewrite(self, query, task, length, relevance, n: int, deadline_at: float,
+                 seed: int | None, cache: bool) -> RewriteResult:
+        """``rewrite`` with the model's deadline as a ``time.monotonic()`` instant."""
         t0 = time.perf_counter()
         q = _check_query(query)
         if not 1 <= n <= 8:
@@ -204,109 +222,32 @@ class Pipeline:
         timings["intent"] = _ms(t)
         tasks = [task] if task else routed
         commands = [self.command(tk, length, relevance) for tk in tasks]
+        check = getattr(self.rewriter, "check_query", None)
+        if check is not None:  # refuse what the model's window cannot take before queueing
+            for cmd in commands:
+                check(q, cmd)
         t = time.perf_counter()
-        deadline = self.settings.service.deadline_ms if deadline_ms is None else deadline_ms
-        prompts = self._prompts(q, commands, n, deadline / 1000.0, seed)
+        stage = PromptStage(self.batcher, self.cache, self.settings, self.model_version)
+        prompts = stage.prompts(q, commands, n, deadline_at, seed, cache)
         timings["rewrite"] = _ms(t)
         path = max((p.path for p in prompts), key=PATHS.index, default="raw")
-        for p in prompts:
-            p.requested, p.returned = n, 1 + len(p.alternatives)
-            self.counters[f"path:{p.path}"] += 1
-            if p.reason:
-                self.counters[f"fallback:{p.reason.split(':')[0]}"] += 1
+        count_paths(self.counters, prompts, n)
         timings["total"] = _ms(t0)
         return RewriteResult(q, intent, probs, tasks, prompts, path, self.model_version, timings)
-
-    def _prompts(self, query: str, commands: list[Command], n: int, budget_s: float,
-                 seed: int | None = None) -> list[PromptOutcome]:
-        p, g = self.settings.pipeline, self.settings.generation
-        version = self.model_version
-        out: dict[int, PromptOutcome] = {}
-        pending: list[int] = []
-        for i, cmd in enumerate(commands):
-            hit = self.cache.get(query, cmd, version)
-            if hit is not None and len(hit[0]) >= n:
-                prompts, stored = hit
-                source = "precomputed" if stored == "precomputed" else "cache"
-                out[i] = PromptOutcome(cmd.task, _cmd(cmd), prompts[0], len(prompts[0].split()),
-                                       "rewrite", source, 0, alternatives=prompts[1:n])
-            else:
-                pending.append(i)
-        rejected: dict[int, list[str]] = {i: [] for i in pending}
-        attempts = 0
-        deadline_at = time.monotonic() + budget_s
-        while pending and attempts <= p.retries:
-            first = attempts == 0 and not (p.decoding == "greedy" and n > 1)
-            opts = dict(n=n, strict_length=g.strict_length,
-                        decoding=p.decoding if first else "sample",
-                        temperature=g.temperature, top_p=g.top_p, num_beams=max(g.num_beams, n))
-            if seed is not None and opts["decoding"] == "sample":  # reproducible retries
-                opts["seed"] = seed + attempts
-            items = [(query, commands[i]) for i in pending]
-            future = self.batcher.submit(items, **opts)
-            attempts += 1
-            try:
-                results = future.result(timeout=max(0.0, deadline_at - time.monotonic()))
-            except FutureTimeout:
-                future.add_done_callback(self._cache_late(query, items, n))
-                for i in pending:
-                    out[i] = self._raw(query, commands[i], attempts, rejected[i], "deadline")
-                return [out[i] for i in range(len(commands))]
-            except Exception as e:  # a failing model fails open, like a slow one
-                if not isinstance(e, UdrlError):
-                    log.exception("rewriter failed; falling back to the raw query")
-                for i in pending:
-                    out[i] = self._raw(query, commands[i], attempts, rejected[i], f"model error: {e}")
-                return [out[i] for i in range(len(commands))]
-            still = []
-            for i, rewrites in zip(pending, results):
-                good = []
-                for r in rewrites:
-                    problems = check_prompt(r, p.blocklist, p.max_over_length)
-                    if problems:
-                        rejected[i].append("; ".join(problems))
-                    else:
-                        good.append(r.prompt)
-                good = list(dict.fromkeys(good))  # sampled duplicates are one prompt
-                if good:
-                    self.cache.put(query, commands[i], version, good[:n])
-                    out[i] = PromptOutcome(
-                        commands[i].task, _cmd(commands[i]), good[0], len(good[0].split()),
-                        "rewrite" if attempts == 1 else "retry", "model", attempts,
-                        rejected[i], alternatives=good[1:n])
-                else:
-                    still.append(i)
-            pending = still
-        for i in pending:
-            out[i] = self._raw(query, commands[i], attempts, rejected[i], "rejected")
-        return [out[i] for i in range(len(commands))]
-
-    def _raw(self, query, cmd, attempts, rejected, reason) -> PromptOutcome:
-        return PromptOutcome(cmd.task, _cmd(cmd), query, len(query.split()), "raw", "none",
-                             attempts, rejected, reason)
-
-    def _cache_late(self, query: str, items, n: int):
-        """When a timed-out generation finishes, keep its accepted prompts for the next call."""
-        p = self.settings.pipeline
-
-        def done(future) -> None:
-            if future.cancelled() or future.exception() is not None:
-                return
-            for (_, cmd), rewrites in zip(items, future.result()):
-                good = [r.prompt for r in rewrites
-                        if not check_prompt(r, p.blocklist, p.max_over_length)]
-                if good:
-                    self.cache.put(query, cmd, self.model_version, good[:n])
-
-        return done
 
     # -- search --------------------------------------------------------------------------------
 
     def search(self, query: str, k: int | None = None, filters: dict[str, dict] | None = None,
                task: str | None = None, length: int | None = None,
                relevance: int | None = None, fusion: bool | None = None,
-               deadline_ms: float | None = None, lists: bool = False) -> SearchResult:
+               deadline_ms: float | None = None, lists: bool = False,
+               cache: bool = True) -> SearchResult:
         """Rewrite the query, search every routed modality, fuse raw and rewritten results.
+
+        The deadline (``deadline_ms``, else ``service.deadline_ms``) covers the whole call:
+        intent, the model's wait, encoding and searching. The model gets what is left after
+        intent less what the searches have been taking (a moving average, at most half the
+        deadline), so the searches that follow it fit in too.
 
         Args:
             k: results per modality (default from settings).
@@ -316,8 +257,14 @@ class Pipeline:
             fusion: override ``pipeline.fusion``.
             lists: also return each channel's own top k (``ModalityResult.lists``), as the
                 search page shows them beside the fused list.
+            cache: False skips cached and precomputed prompts (``rewrite``).
+        Raises:
+            as ``rewrite``; ConfigError also for a bad ``k`` or filter section.
         """
         t0 = time.perf_counter()
+        deadline_s = (self.settings.service.deadline_ms if deadline_ms is None
+                      else deadline_ms) / 1000.0
+        end = time.monotonic() + deadline_s
         p = self.settings.pipeline
         k = p.k if k is None else k
         if not isinstance(k, int) or not 1 <= k <= 1000:
@@ -327,11 +274,16 @@ class Pipeline:
         if unknown:
             raise ConfigError(f"unknown filter section(s) {unknown}; use keys: {', '.join(TASKS)}")
         fuse = p.fusion if fusion is None else fusion
-        rw = self.rewrite(query, task, length, relevance, 1, deadline_ms)
+        reserve = min(self._search_s or 0.0, max(deadline_s, 0.0) / 2)  # for the searches
+        rw = self._rewrite(query, task, length, relevance, 1, end - reserve, None, cache)
         timings = {f"rewrite.{s}": v for s, v in rw.timings_ms.items() if s != "total"}
         mode = "fused" if fuse else "rewrite"
+        t = time.perf_counter()
         modalities = [self._search(rw.query, o, k, filters.get(o.task), mode, timings)
                       for o in rw.prompts]
+        took = time.perf_counter() - t
+        self._search_s = took if self._search_s is None else self._search_s + 0.2 * (
+            took - self._search_s)
         if not lists:
             for m in modalities:
                 m.lists = {}
@@ -380,11 +332,14 @@ class Pipeline:
             raise ConfigError(f"unknown mode {mode!r}; allowed: {', '.join(RETRIEVAL_MODES)}")
         q = _check_query(query)
         if "rewrite" not in MODES[mode]:
-            outcome = self._raw(q, self.command(task, length, relevance), 0, [], f"mode {mode}")
+            outcome = raw_outcome(q, self.command(task, length, relevance), 0, [], f"mode {mode}")
         else:
-            # seeded retries: the same query gets the same prompt in every evaluation run
-            outcome = self.rewrite(q, task, length, relevance, 1, deadline_ms,
-                                   seed=zlib.crc32(q.encode())).prompts[0]
+            try:  # seeded retries: the same query gets the same prompt in every evaluation run
+                outcome = self.rewrite(q, task, length, relevance, 1, deadline_ms,
+                                       seed=zlib.crc32(q.encode())).prompts[0]
+            except QueryTooLongError:  # an evaluation scores the raw query rather than stop
+                outcome = raw_outcome(q, self.command(task, length, relevance), 0, [],
+                                      "query_too_long")
         res = self._search(q, outcome, k, filters, mode, {})
         if res.error:
             raise IndexStoreError(res.error)
@@ -412,6 +367,3 @@ class Pipeline:
         if self.template_index is not None:
             self.template_index.close()
 
-
-def _cmd(cmd: Command) -> dict[str, Any]:
-    return {"task": cmd.task, "length": cmd.length, "relevance": cmd.relevance}

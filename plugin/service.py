@@ -1,42 +1,51 @@
 """HTTP rewrite hook: FastAPI app over the ``Pipeline`` (wiring only; logic lives in pipeline).
 
 Endpoints: ``POST /v1/rewrite``, ``POST /v1/search``, ``GET|HEAD /healthz``,
-``GET|HEAD /readyz``, ``GET /metrics`` (Prometheus text), ``GET /openapi.json``. Errors are JSON
+``GET|HEAD /readyz``, ``GET /metrics`` (Prometheus text), ``GET /openapi.json``,
+``POST /admin/reload`` (hot reload, ``plugin.reload``). Errors are JSON
 ``{"error": {"code": ..., "message": ...}}`` (``api_models.ErrorResponse``) with a 4xx status for
-bad requests (400 bad values, 401 missing/wrong API key, 413 body too large, 422 malformed body)
-and 503 when an index backend is unavailable; OpenAPI lists them per route, with the key's
-security scheme. Refused requests are logged at WARNING, one line, no traceback. A model that
-misses the deadline never errors: the prompt falls back to the raw query and the response says
+bad requests (400 bad values or a query too long for the model's window, 401 missing/wrong API
+key, 413 body too large, 422 malformed body) and 503 when an index backend is unavailable (or
+the rewrite queue is full, with ``service.queue_full = "503"``); OpenAPI lists them per route,
+with the key's security scheme. The key and the body limit are checked at the edge
+(``plugin.limits``): 401 before the body is read, 413 as soon as the body passes the limit.
+Refused requests are logged at WARNING, one line, no traceback. A model that misses the
+deadline never errors: the prompt falls back to the raw query and the response says
 ``path: "raw"``, ``reason: "deadline"``.
 """
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 import platform
 import time
 from contextlib import asynccontextmanager
 
+import anyio
 from fastapi import Depends, FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info
 from prometheus_client import PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from indexers.errors import IndexStoreError
-from rewriters.errors import UdrlError
+from rewriters.errors import QueryTooLongError, UdrlError
 
 from .api_models import (ReadyResponse, RewriteRequest, RewriteResponse, SearchRequest,
                          SearchResponse, document_errors, error_response, error_responses)
 from .config import Settings, get_settings
+from .errors import QueueFullError
+from .limits import RECEIVED_AT, RequestLimits, key_matches
 from .logs import udrl_version
 from .pipeline import Pipeline
+from .reload import Reloader, ReloadReport
 from .web import install_web
 
 __all__ = ["create_app", "bind_warning"]
@@ -71,6 +80,8 @@ class _Metrics:
                                registry=self.registry,
                                buckets=(.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1,
                                         2.5))
+        self.reloads = Counter("udrl_reloads", "Components reloaded (POST /admin/reload or the "
+                               "watch).", ["component", "result"], registry=self.registry)
         app_ref = app
 
         class _PipelineCollector:
@@ -97,9 +108,20 @@ class _Metrics:
                 yield falls
                 b = CounterMetricFamily("udrl_batch_items", "Items through the micro-batcher.",
                                         labels=["what"])
-                b.add_metric(["batches"], pipe.batcher.stats.batches)
-                b.add_metric(["items"], pipe.batcher.stats.items)
+                stats = pipe.batcher.stats
+                b.add_metric(["batches"], stats.batches)
+                b.add_metric(["items"], stats.items)
+                b.add_metric(["isolated"], stats.isolated)  # failed batches re-run job by job
                 yield b
+                q = CounterMetricFamily("udrl_queue_jobs", "Rewrite jobs not run as queued: "
+                                        "expired (deadline passed while waiting), refused "
+                                        "(queue full), shared (joined an identical job).",
+                                        labels=["what"])
+                for what in ("expired", "refused", "shared"):
+                    q.add_metric([what], getattr(stats, what))
+                yield q
+                yield GaugeMetricFamily("udrl_queue_depth", "Rewrite jobs waiting for the model.",
+                                        value=pipe.batcher.depth)
 
         self.registry.register(_PipelineCollector())
 
@@ -108,8 +130,9 @@ class _Metrics:
             self.stage.labels(stage).observe(ms / 1000.0)
 
 
-def create_app(pipeline: Pipeline | None = None) -> FastAPI:
+def create_app(pipeline: Pipeline | None = None, own: bool = False) -> FastAPI:
     """The service app. Without ``pipeline`` it loads one from ``get_settings()`` at start-up.
+    ``own``: the app closes ``pipeline`` when it stops or a reload replaces it (``udrl serve``).
 
     Once a pipeline is loaded, its settings are the ones every request uses (API key, body
     limit, deadline, batching), so there is one source of truth.
@@ -123,20 +146,22 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
             settings = app.dependency_overrides.get(get_settings, get_settings)()
             app.state.pipeline = load_pipeline(settings)
             app.state.owned = True
+        await anyio.to_thread.run_sync(app.state.reloader.start)  # the watch (plugin.reload)
         yield
-        if getattr(app.state, "owned", False):
-            app.state.pipeline.close()
+        await anyio.to_thread.run_sync(app.state.reloader.stop)  # closes what the app loaded
 
     app = FastAPI(title="udrl-search rewrite hook", version="1", lifespan=lifespan,
                   description="UDRL query rewriting for multimodal search.")
-    app.state.pipeline = pipeline
+    app.state.pipeline, app.state.owned = pipeline, own
     app.state.metrics = metrics = _Metrics(app)
+    app.state.reloader = Reloader(app.state, metrics.reloads)
 
-    def current(request: Request) -> Pipeline:
-        pipe = request.app.state.pipeline
-        if pipe is None:
-            raise StarletteHTTPException(503, "the pipeline is not loaded yet")
-        return pipe
+    def current(request: Request):
+        # the request keeps this pipeline until it is done, even if a reload swaps it out
+        with request.app.state.reloader.hold() as pipe:
+            if pipe is None:
+                raise StarletteHTTPException(503, "the pipeline is not loaded yet")
+            yield pipe
 
     def settings_of(request: Request, configured: Settings = Depends(get_settings)) -> Settings:
         pipe = request.app.state.pipeline
@@ -144,35 +169,8 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
 
     def check_key(settings: Settings = Depends(settings_of),
                   x_api_key: str | None = Security(API_KEY)) -> None:
-        want = settings.service.api_key
-        if want is not None and not hmac.compare_digest(
-                (x_api_key or "").encode(), want.get_secret_value().encode()):
+        if not key_matches(settings.service.api_key, x_api_key):
             raise StarletteHTTPException(401, "missing or wrong X-API-Key header")
-
-    @app.middleware("http")
-    async def limits_and_metrics(request: Request, call_next):
-        t0 = time.perf_counter()
-        endpoint = request.url.path
-        pipe = app.state.pipeline
-        settings = (pipe.settings if pipe is not None
-                    else app.dependency_overrides.get(get_settings, get_settings)())
-        limit = settings.service.max_body_bytes
-        if request.method == "POST":
-            declared = request.headers.get("content-length")
-            if declared is not None and (not declared.isdigit() or int(declared) > limit):
-                response = error_response(413, "body_too_large",
-                                          f"request body is over the {limit}-byte limit")
-            else:
-                body = await request.body()  # cached by starlette for the endpoint
-                response = (error_response(413, "body_too_large",
-                                           f"request body is over the {limit}-byte limit")
-                            if len(body) > limit else await call_next(request))
-        else:
-            response = await call_next(request)
-        if endpoint in ("/v1/rewrite", "/v1/search", "/healthz", "/readyz"):
-            metrics.requests.labels(endpoint, str(response.status_code)).inc()
-            metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
-        return response
 
     def refuse(request: Request, status: int, code: str, message: str,
                headers: dict | None = None) -> JSONResponse:
@@ -180,6 +178,28 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
         log.warning("%s %s -> %d %s: %s", request.method, request.url.path, status, code,
                     message)
         return error_response(status, code, message, headers)
+
+    def settings_now() -> Settings:
+        pipe = app.state.pipeline
+        return (pipe.settings if pipe is not None
+                else app.dependency_overrides.get(get_settings, get_settings)())
+
+    keyed: list[APIRoute] = []  # the routes behind the key, found at the first request
+
+    def needs_key(scope: dict) -> bool:
+        if not keyed:
+            keyed.extend(r for r in app.router.routes
+                         if isinstance(r, APIRoute) and _calls(r.dependant, check_key))
+        return any(r.matches(scope)[0] == Match.FULL for r in keyed)
+
+    def observe(endpoint: str, status: int, seconds: float) -> None:
+        if endpoint in ("/v1/rewrite", "/v1/search", "/healthz", "/readyz"):
+            metrics.requests.labels(endpoint, str(status)).inc()
+            metrics.latency.labels(endpoint).observe(seconds)
+
+    # pure ASGI: the key is checked before the body is read, the body limit while it streams
+    app.add_middleware(RequestLimits, settings=settings_now, needs_key=needs_key,
+                       refuse=refuse, observe=observe)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -191,7 +211,7 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
         codes = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-                 503: "unavailable"}
+                 413: "body_too_large", 503: "unavailable"}
         return refuse(request, exc.status_code, codes.get(exc.status_code, "http_error"),
                       str(exc.detail), getattr(exc, "headers", None))
 
@@ -203,23 +223,35 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
     async def _bad_value(request: Request, exc: UdrlError):
         return refuse(request, 400, "bad_request", str(exc))
 
+    @app.exception_handler(QueryTooLongError)
+    async def _too_long(request: Request, exc: QueryTooLongError):
+        return refuse(request, 400, "query_too_long", str(exc))
+
+    @app.exception_handler(QueueFullError)
+    async def _queue_full(request: Request, exc: QueueFullError):
+        return refuse(request, 503, "queue_full", str(exc), {"Retry-After": "1"})
+
     refused = error_responses(400, 401, 413, 422, 503)
 
     @app.post("/v1/rewrite", response_model=RewriteResponse, dependencies=[Depends(check_key)],
               responses=refused)
-    def rewrite(req: RewriteRequest, pipe: Pipeline = Depends(current)) -> RewriteResponse:
+    def rewrite(req: RewriteRequest, request: Request,
+                pipe: Pipeline = Depends(current)) -> RewriteResponse:
         """Intent, rewritten prompts and the path taken for one query."""
         res = pipe.rewrite(req.query, req.task, req.length, req.relevance, req.n,
-                           _deadline(pipe, req.deadline_ms))
+                           _deadline(pipe, req.deadline_ms, request), cache=req.cache)
         metrics.observe({f"rewrite.{k}": v for k, v in res.timings_ms.items()})
         return RewriteResponse.model_validate(res.to_dict())
 
     @app.post("/v1/search", response_model=SearchResponse, dependencies=[Depends(check_key)],
               responses=refused)
-    def search(req: SearchRequest, pipe: Pipeline = Depends(current)) -> SearchResponse:
+    def search(req: SearchRequest, request: Request,
+               pipe: Pipeline = Depends(current)) -> SearchResponse:
         """Fused raw + rewritten results per routed modality."""
-        res = pipe.search(req.query, req.k, req.filters, req.task, req.length, req.relevance,
-                          req.fusion, _deadline(pipe, req.deadline_ms), lists=req.lists)
+        filters = req.filters.as_dict() if req.filters is not None else None
+        res = pipe.search(req.query, req.k, filters, req.task, req.length, req.relevance,
+                          req.fusion, _deadline(pipe, req.deadline_ms, request), lists=req.lists,
+                          cache=req.cache)
         metrics.observe(res.timings_ms)
         return SearchResponse.model_validate(res.to_dict())
 
@@ -250,7 +282,8 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
     def readyz(request: Request) -> JSONResponse:
         """Models and indexes are loaded (503 until they are, or while one is unavailable)."""
         ready, parts = ready_state(request)
-        return JSONResponse({"ready": ready, "components": parts},
+        reload = request.app.state.reloader.status().model_dump()
+        return JSONResponse({"ready": ready, "components": parts, "reload": reload},
                             status_code=200 if ready else 503)
 
     @app.head("/readyz", response_class=Response,
@@ -266,6 +299,24 @@ def create_app(pipeline: Pipeline | None = None) -> FastAPI:
     def prometheus() -> PrometheusText:
         """Request, stage and cache metrics, ``udrl_build_info`` and process metrics."""
         return PrometheusText(generate_latest(metrics.registry))
+
+    @app.post("/admin/reload", response_model=ReloadReport, dependencies=[Depends(check_key)],
+              responses=error_responses(401, 409, 500, 503))
+    def reload(pipe: Pipeline = Depends(current)) -> ReloadReport | JSONResponse:
+        """Serve what was published since start-up or the last reload (index versions, the
+        rewriter, intent model, fitted weights, precomputed rewrites) without a restart."""
+        report = app.state.reloader.reload("api")
+        if report is None:
+            return error_response(409, "reload_in_progress", "a reload is already running; "
+                                  "try again when it is done (GET /readyz shows the last one)")
+        if report.result == "failed":
+            failed = [f"{c}: {r.error}" for c, r in report.components.items() if r.error]
+            done = [f"{c} {r.old} -> {r.new}" for c, r in report.components.items()
+                    if not r.error]
+            return error_response(500, "reload_failed", "reload failed, the old version keeps "
+                                  "serving: " + "; ".join(failed)
+                                  + (f" (reloaded: {', '.join(done)})" if done else ""))
+        return report
 
     install_web(app, check_key)
 
@@ -297,7 +348,16 @@ def bind_warning(settings: Settings) -> str | None:
             "127.0.0.1 only)")
 
 
-def _deadline(pipe: Pipeline, asked: float | None) -> float:
-    """The request's deadline: the configured one, or lower when the request asks."""
+def _deadline(pipe: Pipeline, asked: float | None, request: Request) -> float:
+    """What is left of the request's deadline (ms; <= 0 when spent): the configured one, or
+    lower when the request asks, less the time since the request arrived (waiting for a worker
+    thread, reading the body)."""
     limit = pipe.settings.service.deadline_ms
-    return limit if asked is None else min(limit, asked)
+    total = limit if asked is None else min(limit, asked)
+    since = request.scope.get(RECEIVED_AT)
+    return total if since is None else total - (time.monotonic() - since) * 1000.0
+
+
+def _calls(dependant, fn) -> bool:
+    """Whether a route's dependency tree calls ``fn`` (e.g. the API-key check)."""
+    return any(d.call is fn or _calls(d, fn) for d in dependant.dependencies)

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from rewriters.budget import check_fit
 from rewriters.commands import Command, count_words
 from rewriters.generate import Rewrite
 
@@ -18,19 +19,30 @@ class FakeRewriter:
     """``rewrite_batch`` like the real engine; the prompt is ``script(query, command, call)``.
 
     Default script: the query followed by filler words up to the asked length (always valid).
-    ``delay_s`` sleeps per call (a deliberately slow model).
+    ``delay_s`` sleeps per call (a deliberately slow model). ``window``: a context window in
+    tokens, one token per word plus 4 for the command and ``<|prompt|>``; like the real engines,
+    ``check_query`` refuses a query that leaves too little of it (``budget.check_fit``) and
+    ``rewrite_batch`` refuses the whole batch when one of its queries does.
     """
 
     version = "fake-v1"
 
-    def __init__(self, script=None, delay_s: float = 0.0):
+    def __init__(self, script=None, delay_s: float = 0.0, window: int | None = None):
         self.script = script or (lambda q, c, call: " ".join(
             (q.split() + [f"w{i}" for i in range(40)])[: c.length]))
         self.delay_s = delay_s
+        self.window = window
         self.calls: list[tuple[list, dict]] = []
         self.lock = threading.Lock()
 
+    def check_query(self, query: str, command: Command) -> None:
+        if self.window is not None:
+            words = len(query.split())
+            check_fit(self.window, words + 4, words, command, 0)
+
     def rewrite_batch(self, items, n=1, **options):
+        for q, c in items:
+            self.check_query(q, c)
         with self.lock:
             call = len(self.calls)
             self.calls.append((list(items), dict(n=n, **options)))

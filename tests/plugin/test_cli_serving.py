@@ -42,8 +42,8 @@ def served_workspace(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture
 def captured_serve(monkeypatch):
-    """Run `serve` up to uvicorn and keep the app it would have served (its pipeline is
-    closed when `serve` returns, as after a shutdown)."""
+    """Run `serve` up to uvicorn and keep the app it would have served (the app owns its
+    pipeline: its lifespan closes it, as after a shutdown)."""
     import uvicorn
 
     seen = {}

@@ -31,6 +31,11 @@ def client_of(pipe) -> TestClient:
     ("/v1/search", {"query": "red dog", "k": "5"}, "k"),
     ("/v1/search", {"query": 123}, "query"),
     ("/v1/rewrite", {"query": " \t "}, "query"),  # no word: refused by the schema's pattern
+    ("/v1/rewrite", {"query": "red dog", "cache": "no"}, "cache"),
+    ("/v1/search", {"query": "red dog", "filters": {"template": {"colour": "red"}}},
+     "filters.template.colour"),  # the template index filters by category and tags only
+    ("/v1/search", {"query": "red dog", "filters": {"template": {"tags": ["ok", " "]}}},
+     "filters.template.tags.1"),
 ])
 def test_wrong_types_are_refused_not_coerced(make_pipeline, path, body, field):
     r = client_of(make_pipeline()).post(path, json=body)
