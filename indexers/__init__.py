@@ -12,6 +12,7 @@ Public modules (import the one you need; importing the package itself loads none
     image_resume       the commit log of an image build; what a resumed build may reuse
     image_encode       the per-batch encode functions and the runners (local, ray)
     image_ray          RayRunner: a build's batches on a pool of Ray encoder actors
+    image_backends     the image index interface, open_image_index by backend name
     publish            publish checks (count drop, reject rate) and rollback
     catalog_templates  template catalogues (JSONL / CSV) -> TemplateRecord + rejects
     templates          TemplateIndex interface, build/open_template_index by backend name
@@ -20,6 +21,10 @@ Public modules (import the one you need; importing the package itself loads none
     es_index           the Elasticsearch template backend (search)
     es_build           building and publishing Elasticsearch versions (alias swap)
     es_dense           the Elasticsearch dense channel (nested kNN rows)
+    es_hybrid          hybrid template search: BM25 + kNN by RRF (rrf retriever or here)
+    es_features        what the cluster's version allows (retrievers, bbq, rescore, base64)
+    es_images          the image index on Elasticsearch (mapping, filters, kNN search)
+    es_image_build     encode locally, publish an image index behind an alias
     query_log          query logs with clicks (query<TAB>clicked_id)
     dense              the dense channel: MiniLM centroids and rows in FAISS, exact search
     reindex            the batch jobs the CLI runs: reindex_images, merge_images,
@@ -35,8 +40,13 @@ __all__ = [
     "errors",
     "es_build",
     "es_dense",
+    "es_features",
+    "es_hybrid",
+    "es_image_build",
+    "es_images",
     "es_index",
     "es_schema",
+    "image_backends",
     "image_build",
     "image_encode",
     "image_ray",

@@ -1,13 +1,14 @@
-"""Building the Elasticsearch template index: versioned indices behind one alias, swapped
-atomically.
+"""Building Elasticsearch indexes: versioned indices behind one alias, swapped atomically.
 
-A build never touches what is being searched::
+A build never touches what is being searched (``publish_new_index``, shared by the template
+and the image index)::
 
     1. create   <alias>-v<UTC timestamp, ms>   explicit mapping, provenance in _meta
     2. load     helpers.streaming_bulk; per-document failures are collected, 429s retried
     3. refresh  and check the document count
     4. swap     ONE update_aliases call: remove alias from old index(es) + add it to the new
-    5. (keep_old=False) delete the index that was live before the old one
+    5. prune    templates: (keep_old=False) delete the index that was live before the old
+                one; images: ``prune_indices`` keeps the newest keep_versions
 
 If 2-4 fail the new index is deleted and the alias stays where it was. Each index records the
 one it replaced (``_meta.udrl.previous_version``): that is the last good version, which
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError, helpers
@@ -34,7 +36,8 @@ from .es_schema import SCHEMA_VERSION, EsSettings, _describe, connect, template_
 from .query_log import normalize_query
 from .templates import BuildFailure, BuildReport, TemplateIndexConfig, TextEncoder
 
-__all__ = ["build_es_index", "es_live_version", "rollback_es_alias"]
+__all__ = ["Published", "build_es_index", "es_live_version", "prune_indices",
+           "publish_new_index", "rollback_es_alias"]
 
 log = logging.getLogger(__name__)
 
@@ -171,19 +174,15 @@ def _build(
 ) -> BuildReport:
     name, dim = _describe(encoder)
     start = time.perf_counter()
-    alias = settings.alias
     queries = [expansions.get(r.id, ()) for r in records]
-    try:
-        if encoder is not None:
+    if encoder is not None:
+        try:
             check_nested_knn(es)
-        if es.indices.exists(index=alias) and not es.indices.exists_alias(name=alias):
-            raise IndexStoreError(
-                f"{alias!r} is a concrete index, not an alias; delete or rename it, or pick "
-                "another EsSettings.alias"
-            )
-        old = _alias_targets(es, alias)
-        new = _new_index_name(es, alias)
-        checksum = records_checksum(records)
+        except (ApiError, TransportError) as e:
+            raise IndexStoreError(f"cannot read the cluster's version: {e}") from e
+    checksum = records_checksum(records)
+
+    def body(previous: str | None) -> dict[str, Any]:
         meta = {
             "schema_version": SCHEMA_VERSION,
             "encoder": name,
@@ -197,15 +196,80 @@ def _build(
             "dense": None
             if encoder is None
             else {"field": DENSE_FIELD, "rows": len(records) + sum(map(len, queries))},
-            "previous_version": old[-1] if old else None,
+            "previous_version": previous,
             **extra_meta,
         }
-        es.indices.create(index=new, **template_mapping(meta, dim))
+        return template_mapping(meta, dim)
+
+    done = publish_new_index(
+        es, settings, body, lambda new: documents(records, new, encoder, dim, expansions),
+        len(records))
+    if not settings.keep_old and done.replaced:
+        # the index live before stays (the last good version, for rollback); what it replaced
+        # and any extra index the alias held go
+        old = done.replaced
+        drop = [*old[:-1], _udrl_meta(es, old[-1]).get("previous_version")]
+        for o in dict.fromkeys(d for d in drop if d and d not in (done.version, old[-1])):
+            _delete_quietly(es, o)
+    return BuildReport(
+        backend="elasticsearch",
+        version=done.version,
+        doc_count=done.count,
+        checksum=checksum,
+        seconds=time.perf_counter() - start,
+        previous_version=done.previous,
+        failures=done.failures,
+    )
+
+
+@dataclass(frozen=True)
+class Published:
+    """What ``publish_new_index`` did."""
+
+    version: str  # the new index, now behind the alias
+    previous: str | None  # the index the alias pointed at before (None on a first build)
+    replaced: list[str]  # every index the alias pointed at before, oldest name first
+    count: int  # documents in the new index after refresh
+    failures: list[BuildFailure]  # documents Elasticsearch refused
+
+
+def publish_new_index(
+    es: Elasticsearch,
+    settings: EsSettings,
+    body: Callable[[str | None], dict[str, Any]],
+    actions: Callable[[str], Iterable[dict[str, Any]]],
+    n: int,
+) -> Published:
+    """Create ``<alias>-v<timestamp>``, bulk-load it, check it and swap the alias onto it.
+
+    Steps 1-4 of the module docstring, shared by every index kept behind an alias (templates,
+    images); pruning older indices is the caller's.
+
+    Args:
+        body: the previous index's name (None on a first build) -> the ``indices.create``
+            body (settings, mappings with ``_meta.udrl``).
+        actions: the new index's name -> its bulk actions.
+        n: how many documents ``actions`` yields (for the failed fraction and the count).
+
+    Raises:
+        IndexStoreError: the alias is a concrete index, the load, refresh or swap failed, or
+            more than ``settings.max_failed_fraction`` of the documents failed; the new index
+            was deleted and the alias still points where it did.
+    """
+    alias = settings.alias
+    try:
+        if es.indices.exists(index=alias) and not es.indices.exists_alias(name=alias):
+            raise IndexStoreError(
+                f"{alias!r} is a concrete index, not an alias; delete or rename it, or pick "
+                "another alias"
+            )
+        old = _alias_targets(es, alias)
+        new = _new_index_name(es, alias)
+        es.indices.create(index=new, **body(old[-1] if old else None))
     except (ApiError, TransportError) as e:
         raise IndexStoreError(f"cannot prepare a new index for alias {alias!r}: {e}") from e
     try:
-        failures = _load(es, records, new, encoder, dim, settings, expansions)
-        n = len(records)
+        failures = _load(es, actions(new), settings)
         if n and len(failures) / n > settings.max_failed_fraction:
             shown = "; ".join(f"{f.id}: {f.reason}" for f in failures[:5])
             raise IndexStoreError(
@@ -218,48 +282,54 @@ def _build(
             raise IndexStoreError(
                 f"{new} holds {count} documents after refresh, expected {n - len(failures)}"
             )
-        actions: list[dict[str, Any]] = [{"remove": {"index": o, "alias": alias}} for o in old]
-        actions.append({"add": {"index": new, "alias": alias}})
-        es.indices.update_aliases(actions=actions)  # atomic: both or neither
+        swap: list[dict[str, Any]] = [{"remove": {"index": o, "alias": alias}} for o in old]
+        swap.append({"add": {"index": new, "alias": alias}})
+        es.indices.update_aliases(actions=swap)  # atomic: both or neither
     except BaseException as e:
         _delete_quietly(es, new)
         if isinstance(e, (ApiError, TransportError)):
             raise IndexStoreError(f"loading {new} failed, alias {alias!r} unchanged: {e}") from e
         raise
-    if not settings.keep_old and old:
-        # the index live before stays (the last good version, for rollback); what it replaced
-        # and any extra index the alias held go
-        drop = [*old[:-1], _udrl_meta(es, old[-1]).get("previous_version")]
-        for o in dict.fromkeys(d for d in drop if d and d not in (new, old[-1])):
-            _delete_quietly(es, o)
     log.info("alias %s -> %s (%d docs, %d failed; was %s)", alias, new, count, len(failures), old)
-    return BuildReport(
-        backend="elasticsearch",
-        version=new,
-        doc_count=count,
-        checksum=checksum,
-        seconds=time.perf_counter() - start,
-        previous_version=old[-1] if old else None,
-        failures=failures,
-    )
+    return Published(new, old[-1] if old else None, old, count, failures)
 
 
-def _load(
-    es: Elasticsearch,
-    records: Sequence[TemplateRecord],
-    index: str,
-    encoder: TextEncoder | None,
-    dim: int | None,
-    settings: EsSettings,
-    expansions: Mapping[str, Sequence[str]],
-) -> list[BuildFailure]:
+def prune_indices(es: Elasticsearch, alias: str, keep: int) -> list[str]:
+    """Delete ``<alias>-v*`` indices beyond the ``keep`` newest; the live one and the one live
+    before it (its ``_meta.udrl.previous_version``, the last good version) always stay.
+
+    Returns:
+        The deleted index names. A failed delete is logged, never raised: the build is done.
+    """
+    ours = re.compile(rf"{re.escape(alias)}-v\d{{17}}")  # _new_index_name's names only
+    try:
+        names = sorted(n for n in es.indices.get(index=f"{alias}-v*", allow_no_indices=True,
+                                                 ignore_unavailable=True).body
+                       if ours.fullmatch(n))
+        live = _alias_targets(es, alias)
+        protected = set(live)
+        if live:
+            protected.add(_udrl_meta(es, live[-1]).get("previous_version"))
+    except (ApiError, TransportError) as e:
+        log.error("could not list the indices of alias %s to prune them: %s", alias, e)
+        return []
+    drop = [n for n in names[: max(0, len(names) - keep)] if n not in protected]
+    for name in drop:
+        _delete_quietly(es, name)
+    if drop:
+        log.info("pruned %d old index(es) of alias %s: %s", len(drop), alias, drop)
+    return drop
+
+
+def _load(es: Elasticsearch, actions: Iterable[dict[str, Any]],
+          settings: EsSettings) -> list[BuildFailure]:
     # 429 is left to streaming_bulk, which backs off and re-sends only the rejected items
     # (the transport would resend the whole chunk at once without waiting).
     bulk_client = es.options(retry_on_status=(502, 503, 504))
     failures = []
     for ok, item in helpers.streaming_bulk(
         bulk_client,
-        documents(records, index, encoder, dim, expansions),
+        actions,
         chunk_size=settings.bulk_chunk_size,
         raise_on_error=False,
         max_retries=settings.bulk_max_retries,

@@ -4,7 +4,9 @@ Every search goes through the alias, so an open index follows a rebuild's alias 
 downtime; ``version`` and the build's ``_meta`` (boosts, encoder, fusion weights) are those of
 the index the alias pointed at when it was opened. The modules behind it::
 
-    es_schema   EsSettings, the mapping, the BM25 (+ hybrid kNN) search body
+    es_schema   EsSettings, the mapping, the BM25 search body
+    es_hybrid   hybrid search: BM25 and kNN fused by RRF (the rrf retriever from 8.16, else
+                fused here)
     es_build    build_es_index: new versioned index, bulk load, atomic alias swap
     es_dense    the dense channel (nested row vectors, kNN; Elasticsearch >= 8.11) and the
                 logged queries read back
@@ -21,6 +23,8 @@ from elasticsearch import ApiError, Elasticsearch, TransportError
 from .errors import EncoderMismatchError, IndexStoreError
 from .es_build import _alias_targets, build_es_index
 from .es_dense import dense_body, dense_hits, read_logged_queries
+from .es_features import EsFeatures, read_features
+from .es_hybrid import hybrid_search
 from .es_schema import (
     READABLE_SCHEMAS,
     SCHEMA_VERSION,
@@ -72,7 +76,9 @@ class EsTemplateIndex(TemplateIndex):
         self.meta = meta
         self.config = config
         self.encoder = encoder if meta.get("encoder") else None
-        self.hybrid = True  # search adds the kNN clause (open_es_index(hybrid=False): BM25 only)
+        self.hybrid = True  # search fuses BM25 and kNN (open_es_index(hybrid=False): BM25 only)
+        self.retrievers_refused = False  # the cluster refused the rrf retriever: fuse here
+        self._features: EsFeatures | None = None
         self._version = version
         self._owns_client = owns_client
 
@@ -87,27 +93,33 @@ class EsTemplateIndex(TemplateIndex):
             )
         return self._es
 
+    @property
+    def features(self) -> EsFeatures:
+        """What the cluster can do (read once, on first use)."""
+        if self._features is None:
+            try:
+                self._features = read_features(self._client())
+            except (ApiError, TransportError) as e:
+                raise IndexStoreError(f"cannot read the version of {self.settings.hosts}: "
+                                      f"{e}") from e
+        return self._features
+
+    def use_retrievers(self) -> bool:
+        """Hybrid search sends the rrf retriever (8.16+, not refused yet)."""
+        return self.features.retrievers and not self.retrievers_refused
+
+    def _hybrid_on(self) -> bool:
+        return self.encoder is not None and self.hybrid
+
     def _bodies(self, queries: Sequence[str], k: int, filters: dict | None) -> list[dict[str, Any]]:
         for q in queries:
             check_query(q, k)
         category, tags = normalize_filters(filters)
-        vecs = None
-        if self.encoder is not None and self.hybrid and queries:
-            vecs = _encode(self.encoder, list(queries), int(self.meta["dims"]))  # (Q, D)
-        return [
-            search_body(
-                q,
-                k,
-                category,
-                tags,
-                self.config,
-                None if vecs is None else vecs[i],
-                self.settings.num_candidates,
-            )
-            for i, q in enumerate(queries)
-        ]
+        return [search_body(q, k, category, tags, self.config) for q in queries]
 
     def search(self, query: str, k: int = 10, filters: dict | None = None) -> list[TemplateHit]:
+        if self._hybrid_on():
+            return hybrid_search(self, [query], k, filters)[0]
         (body,) = self._bodies([query], k, filters)
         try:
             resp = self._client().search(index=self.settings.alias, body=body)
@@ -119,6 +131,8 @@ class EsTemplateIndex(TemplateIndex):
         self, queries: Sequence[str], k: int = 10, filters: dict | None = None
     ) -> list[list[TemplateHit]]:
         """One ``_msearch`` round trip (and one encoder call) for all queries."""
+        if self._hybrid_on():
+            return hybrid_search(self, list(queries), k, filters)
         return [_hits(r) for r in self._msearch(self._bodies(list(queries), k, filters), queries)]
 
     def _msearch(self, bodies: list[dict[str, Any]], queries: Sequence[str]) -> list[dict]:
@@ -285,8 +299,9 @@ def open_es_index(
     Args:
         encoder: must match the name and dims stored at build time; None searches BM25 only.
         config: override the saved boosts (query-time only); None uses the build's config.
-        hybrid: ``search`` adds the kNN clause to BM25 (with an encoder); False keeps
-            ``search`` BM25-only, for callers that fuse ``search_dense_batch`` themselves.
+        hybrid: ``search`` fuses BM25 and kNN by RRF (with an encoder; ``es_hybrid``); False
+            keeps ``search`` BM25-only, for callers that fuse ``search_dense_batch``
+            themselves.
 
     Raises:
         IndexStoreError: the alias does not exist or the cluster cannot be reached.

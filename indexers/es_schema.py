@@ -5,7 +5,7 @@ Pure pieces shared by the build and the search side of ``es_index``:
     EsSettings        where the cluster is, the alias, retries, bulk sizes (runtime settings)
     connect           an ``Elasticsearch`` client for those settings
     template_mapping  index settings + strict mapping, provenance under ``_meta.udrl``
-    search_body       the ``_search`` body for one query
+    search_body       the BM25 ``_search`` body for one query
 
 Fields (one document per template; ``dynamic: strict``, so a field must be declared here)::
 
@@ -19,8 +19,7 @@ Fields (one document per template; ``dynamic: strict``, so a field must be decla
 
 Search is ``multi_match`` (best_fields) over title^3, tags^2, category^1.5, description^1,
 queries^2 (boosts from ``TemplateIndexConfig``) with the filters in a bool ``filter``; with a
-``TextEncoder`` it is hybrid: the same request adds a top-level ``knn`` clause on ``embedding``
-and Elasticsearch sums the two scores.
+``TextEncoder`` it is hybrid: BM25 and kNN fused by reciprocal rank fusion (``es_hybrid``).
 
 The ``_``-prefixed helpers (encoder checks, document and hit conversion) are shared with
 ``es_index`` only and are not part of the public API.
@@ -93,7 +92,8 @@ class EsSettings:
     # True keeps every older index after a swap; False deletes those older than the index that
     # was live before (that one always stays: it is the last good version, for rollback).
     keep_old: bool = True
-    # kNN candidates per shard for hybrid search; >= k, <= 10000. More is slower but better.
+    # kNN candidates per shard (dense and hybrid search, and the hybrid search's RRF window);
+    # >= k, <= 10000. More is slower but better.
     num_candidates: int = 100
 
     def __post_init__(self) -> None:
@@ -180,10 +180,9 @@ def search_body(
     category: str | None,
     tags: Sequence[str],
     config: TemplateIndexConfig,
-    query_vector: np.ndarray | None = None,
-    num_candidates: int = 100,
 ) -> dict[str, Any]:
-    """The _search request body (pure; filters already normalized by ``normalize_filters``)."""
+    """The BM25 _search request body (pure; filters already normalized by
+    ``normalize_filters``)."""
     fields = [f"{name}^{boost:g}" for name, boost in config.field_boosts().items()]
     filters = filter_clauses(category, tags)
     body: dict[str, Any] = {
@@ -198,16 +197,6 @@ def search_body(
         },
         "_source": {"excludes": list(SOURCE_EXCLUDES)},
     }
-    if query_vector is not None:
-        knn: dict[str, Any] = {
-            "field": "embedding",
-            "query_vector": [float(x) for x in query_vector],
-            "k": k,
-            "num_candidates": min(10_000, max(k, num_candidates)),
-        }
-        if filters:
-            knn["filter"] = filters  # the top-level query's filter does not apply to knn
-        body["knn"] = knn
     return body
 
 

@@ -11,9 +11,9 @@ A refused build publishes nothing and raises ``PublishRefusedError`` with one li
 both numbers and the fix; the live version keeps serving. ``force=True`` publishes anyway and
 logs what it overrode. Every job report carries the check (``PublishCheck.as_dict``).
 
-``rollback_store`` and ``rollback_templates`` make the version that was live before the live
-one (or a named one) live again: a pointer swap for a store directory, one alias update for
-Elasticsearch.
+``rollback_store``, ``rollback_templates`` and ``rollback_images`` make the version that was
+live before the live one (or a named one) live again: a pointer swap for a store directory,
+one alias update for Elasticsearch.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ __all__ = [
     "PublishPolicy",
     "check_publish",
     "enforce",
+    "rollback_images",
     "rollback_store",
     "rollback_templates",
     "store_live_version",
@@ -222,4 +223,31 @@ def rollback_templates(backend: str, root: str | os.PathLike[str] | None = None,
         return {"backend": backend, "version": target, "previous_version": was,
                 "count": es_live_version(es)[1]}
     raise ConfigError(f"cannot roll back backend {backend!r}: give root for tantivy or es "
+                      "settings for elasticsearch")
+
+
+def rollback_images(backend: str, root: str | os.PathLike[str] | None = None,
+                    es: Any = None, to: str | None = None) -> dict[str, Any]:
+    """Roll the image index back: a store pointer swap (faiss) or an alias move.
+
+    Args:
+        backend: "faiss" (give ``root``) or "elasticsearch" (give ``es``, an
+            ``es_schema.EsSettings`` whose alias is the image index's).
+        to: a version or index name; None = the one live before the live one.
+
+    Returns:
+        ``{"backend", "version", "previous_version", "count"}``.
+
+    Raises:
+        ConfigError: an unknown backend, or its location is missing.
+        IndexStoreError: nothing to roll back to, or ``to`` is not a version of this index.
+    """
+    if backend == "faiss" and root is not None:
+        out = rollback_store(root, to)
+        return {"backend": backend, **{k: out[k] for k in ("version", "previous_version",
+                                                           "count")}}
+    if backend == "elasticsearch" and es is not None:
+        out = rollback_templates("elasticsearch", es=es, to=to)  # the same alias move
+        return {**out, "backend": backend}
+    raise ConfigError(f"cannot roll back image backend {backend!r}: give root for faiss or es "
                       "settings for elasticsearch")

@@ -77,6 +77,10 @@ def _image_side(settings: Settings):
     from indexers.encoders import ClipEncoder
     from indexers.images import load_image_index
 
+    if settings.index.image_backend == "elasticsearch":
+        from .es_image_jobs import open_es_images
+
+        return open_es_images(settings)
     root = settings.image_index_dir
     if not root.is_dir():
         log.warning("no image index at %s; image search is off (build one with "
@@ -91,7 +95,14 @@ def open_indexes(settings: Settings, clip: bool = True):
     """(template index or None, image index or None) of the workspace; ``clip=False`` opens
     the image index for its metadata only, without loading the CLIP encoder."""
     image = _image_side(settings)[0] if clip else None
-    if not clip and settings.image_index_dir.is_dir():
+    if not clip and settings.index.image_backend == "elasticsearch":
+        from .es_image_jobs import open_es_images
+
+        try:
+            image = open_es_images(settings, clip=False)[0]
+        except IndexStoreError as e:
+            log.warning("image index unusable, left out: %s", e)
+    elif not clip and settings.image_index_dir.is_dir():
         from indexers.images import load_image_index
 
         try:

@@ -10,17 +10,20 @@ Elasticsearch >= 8.11 does), reported as ``(1 + cosine) / 2``.
 
 It refuses what a real cluster refuses, with Elasticsearch's error types: mappings with unknown
 types or parameters, analyzers or normalizers that do not exist, dense_vector fields without
-dims; documents with fields a ``dynamic: strict`` mapping does not declare, vectors of the
-wrong length or of zero magnitude under cosine; search bodies with unknown keys, kNN on a
-field that is not an indexed dense_vector, a query vector of the wrong length, k above
-num_candidates or num_candidates above 10000, sorting on a text field, a result window over
-10000. ``_msearch`` answers a bad search in its slot, as the real one does. Faults can be
-injected:
+dims or with index options the version lacks; documents with fields a ``dynamic: strict``
+mapping does not declare, vectors of the wrong length, of zero magnitude under cosine or not
+of unit length under dot_product; search bodies with unknown keys, kNN on a field that is not
+an indexed dense_vector, a query vector of the wrong length, k above num_candidates or
+num_candidates above 10000, sorting on a text field, a result window over 10000. The vector
+features that depend on the version (bbq, rescore_vector, retrievers with rrf, base64
+vectors) live in ``es_double_vectors``; set ``version`` to test an older cluster. ``_msearch``
+answers a bad search in its slot, as the real one does. Faults can be injected:
 
     fail_docs[id] = (400, "document_parsing_exception")   that item fails every time
     throttle_docs[id] = n                                  that item gets 429 n times
     throttle_bulk = n                                      the next n _bulk requests get 429
     fail(method, path_regex, status, times)                any route answers an error
+    rrf_licensed = False                                   the rrf retriever answers 403
 """
 
 from __future__ import annotations
@@ -35,6 +38,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from .es_double_vectors import (
+    check_index_options,
+    check_knn_options,
+    check_unit_length,
+    decode_vector,
+    retrieve,
+)
+
 __all__ = ["EsDouble", "Recorded"]
 
 _TOKEN = re.compile(r"[^\W_]+")
@@ -45,6 +56,7 @@ _MAPPER_PARAMS = {
     "text": {"type", "analyzer", "search_analyzer", "index", "fields"},
     "dense_vector": {"type", "dims", "index", "similarity", "index_options", "element_type"},
     "nested": {"type", "properties", "dynamic"},
+    "flattened": {"type", "depth_limit", "index", "doc_values", "ignore_above"},
 }
 _ANALYZERS = {"standard", "simple", "whitespace", "keyword", "english"}
 _SIMILARITIES = {"cosine", "dot_product", "l2_norm", "max_inner_product"}
@@ -57,6 +69,7 @@ _SEARCH_KEYS = {
     "sort",
     "search_after",
     "track_total_hits",
+    "retriever",
 }
 _KNN_KEYS = {
     "field",
@@ -68,6 +81,7 @@ _KNN_KEYS = {
     "boost",
     "inner_hits",
     "_name",
+    "rescore_vector",
 }
 _MAX_WINDOW = 10_000  # index.max_result_window, and the num_candidates ceiling
 
@@ -125,6 +139,7 @@ class EsDouble:
         self.fail_docs: dict[str, tuple[int, str]] = {}
         self.throttle_docs: dict[str, int] = {}
         self.throttle_bulk = 0
+        self.rrf_licensed = True
         self._faults: list[list[Any]] = []  # [method, regex, status, times_left]
         self._lock = threading.RLock()
         self._idf: dict[str, float] = {}
@@ -266,7 +281,7 @@ class EsDouble:
     def _create(self, name: str, body: dict[str, Any]) -> tuple[int, Any]:
         if name in self.indices or name in self.aliases:
             raise _Error(400, "resource_already_exists_exception", f"index [{name}] already exists")
-        _check_mapping(body.get("mappings", {}), body.get("settings", {}))
+        _check_mapping(body.get("mappings", {}), body.get("settings", {}), self.version)
         self.indices[name] = _Index(
             settings=body.get("settings", {}), mappings=body.get("mappings", {})
         )
@@ -329,7 +344,7 @@ class EsDouble:
 
     def _refused(self, index: str, source: dict[str, Any]) -> _Error | None:
         try:
-            _check_doc(self.indices[index].mappings, source)
+            _check_doc(self.indices[index].mappings, source, self.version)
         except _Error as e:
             return e
         return None
@@ -341,7 +356,7 @@ class EsDouble:
         if kind == "match_all":
             return 1.0
         if kind == "exists":
-            return 0.0 if src.get(spec["field"]) not in (None, [], "") else None
+            return 0.0 if _lookup(src, spec["field"]) not in (None, [], "") else None
         if kind == "multi_match":
             terms = set(_tokens(spec["query"]))
             score = 0.0
@@ -350,13 +365,16 @@ class EsDouble:
                 tf = sum(self._idf.get(t, 1.0) for t in _tokens(src.get(name)) if t in terms)
                 score += float(boost or 1.0) * tf
             return score or None
+        if kind == "match_none":
+            return None
         if kind in ("term", "terms"):
             ((fld, want),) = spec.items()
-            values = src.get(fld.removesuffix(".keyword"))
+            fold = fld.endswith(".keyword")  # the template fields' lowercase normalizer
+            values = _lookup(src, fld.removesuffix(".keyword"))
             values = values if isinstance(values, list) else [values]
-            have = {str(v).lower() for v in values if v is not None}
+            have = {_keyword(v, fold) for v in values if v is not None}
             wants = want if kind == "terms" else [want]
-            return 0.0 if any(str(w).lower() in have for w in wants) else None
+            return 0.0 if any(_keyword(w, fold) in have for w in wants) else None
         if kind == "bool":
             score = 0.0
             for c in spec.get("must", []) + spec.get("filter", []):
@@ -397,15 +415,17 @@ class EsDouble:
                 df[t] = df.get(t, 0) + 1
         self._idf = {t: math.log(1 + len(docs) / d) for t, d in df.items()}
         scores: dict[tuple[str, str], float] = {}
+        if "retriever" in body:
+            if "query" in body or "knn" in body:
+                raise _Error(400, "illegal_argument_exception",
+                             "cannot specify [retriever] and [query] or [knn]")
+            ranked_r = retrieve(self, names, body["retriever"], size,
+                                lambda clause: self._query_scores(names, clause))
+            return self._response(names, ranked_r, None, body, start, size, len(ranked_r))
         knns = body.get("knn") or []
         knns = [knns] if isinstance(knns, dict) else knns
         if "query" in body or not knns:  # a knn-only search has no query part
-            query = body.get("query", {"match_all": {}})
-            for n in names:
-                for doc_id, src in self.indices[n].docs.items():
-                    s = self._match(query, src)
-                    if s is not None:
-                        scores[(n, doc_id)] = s
+            scores.update(self._query_scores(names, body.get("query", {"match_all": {}})))
         for knn in knns:
             for key, s in self._knn(names, knn).items():
                 scores[key] = scores.get(key, 0.0) + s  # hybrid: scores add up, as in ES
@@ -417,8 +437,24 @@ class EsDouble:
                 (key, s, None)
                 for key, s in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0][1]))
             ]
+        return self._response(names, [(key, s) for key, s, _ in ranked],
+                              [sort for _, _, sort in ranked], body, start, size, len(scores))
+
+    def _query_scores(self, names: list[str], query: dict[str, Any]) -> dict[tuple[str, str], float]:
+        """Scores of the documents that match one query clause."""
+        out: dict[tuple[str, str], float] = {}
+        for n in names:
+            for doc_id, src in self.indices[n].docs.items():
+                s = self._match(query, src)
+                if s is not None:
+                    out[(n, doc_id)] = s
+        return out
+
+    def _response(self, names, ranked, sorts, body, start, size, total) -> dict[str, Any]:
         hits = []
-        for (n, d), s, sort in ranked[start : start + size]:
+        for i in range(start, min(start + size, len(ranked))):
+            (n, d), s = ranked[i]
+            sort = sorts[i] if sorts is not None else None
             hit = {"_index": n, "_id": d, "_score": s}
             src = _filter_source(self.indices[n].docs[d], body.get("_source", True))
             if src is not None:
@@ -431,7 +467,7 @@ class EsDouble:
             "timed_out": False,
             "_shards": {"total": 1, "successful": 1, "skipped": 0, "failed": 0},
             "hits": {
-                "total": {"value": len(scores), "relation": "eq"},
+                "total": {"value": total, "relation": "eq"},
                 "max_score": max(
                     (h["_score"] for h in hits if h["_score"] is not None), default=None
                 ),
@@ -455,6 +491,7 @@ class EsDouble:
             raise _Error(
                 400, "illegal_argument_exception", f"[num_candidates] cannot exceed [{_MAX_WINDOW}]"
             )
+        check_knn_options(self.version, knn)
         filters = knn.get("filter") or []
         filters = [filters] if isinstance(filters, dict) else filters
         q = knn["query_vector"]
@@ -478,7 +515,8 @@ class EsDouble:
                     objs = src.get(path) or []
                     objs = [objs] if isinstance(objs, dict) else objs
                     vecs = [o.get(knn["field"].split(".", 1)[1]) for o in objs]
-                sims = [_cosine(q, v) for v in vecs if v is not None]
+                sims = [_cosine(q, decode_vector(self.version, knn["field"], v, len(q)))
+                        for v in vecs if v is not None]
                 if sims:
                     cands.append(((1 + max(sims)) / 2, (n, doc_id)))
         return {key: s for s, key in sorted(cands, key=lambda c: (-c[0], c[1]))[:k]}
@@ -522,6 +560,24 @@ class EsDouble:
         return [(key, None, [value]) for value, key in rows]
 
 
+def _lookup(src: dict[str, Any], field: str) -> Any:
+    """A field's value, reaching into objects (and flattened fields) along dots."""
+    if field in src:
+        return src[field]
+    cur: Any = src
+    for part in field.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return cur
+
+
+def _keyword(value: Any, fold: bool) -> str:
+    """A value as a keyword field indexes it (booleans as true/false)."""
+    text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+    return text.lower() if fold else text
+
+
 def _cosine(a: list[float], b: list[float]) -> float:
     na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
     return sum(x * y for x, y in zip(a, b)) / ((na * nb) or 1.0)
@@ -562,7 +618,7 @@ def _vector_field(mappings: dict[str, Any], field: str) -> tuple[str | None, dic
     return path, spec
 
 
-def _check_mapping(mappings: dict[str, Any], settings: dict[str, Any]) -> None:
+def _check_mapping(mappings: dict[str, Any], settings: dict[str, Any], version: str) -> None:
     """Raise what index creation answers for a mapping this project could get wrong."""
     extra = sorted(set(mappings) - {"dynamic", "_meta", "properties"})
     if extra:
@@ -574,10 +630,11 @@ def _check_mapping(mappings: dict[str, Any], settings: dict[str, Any]) -> None:
     if not isinstance(mappings.get("_meta", {}), dict):
         raise _Error(400, "mapper_parsing_exception", "[_meta] must be an object")
     normalizers = set(settings.get("analysis", {}).get("normalizer", {}))
-    _check_properties(mappings.get("properties", {}), normalizers, "")
+    _check_properties(mappings.get("properties", {}), normalizers, "", version)
 
 
-def _check_properties(props: dict[str, Any], normalizers: set[str], prefix: str) -> None:
+def _check_properties(props: dict[str, Any], normalizers: set[str], prefix: str,
+                      version: str) -> None:
     for name, spec in props.items():
         field, ftype = prefix + name, spec.get("type")
         if ftype not in _MAPPER_PARAMS:
@@ -622,12 +679,14 @@ def _check_properties(props: dict[str, Any], normalizers: set[str], prefix: str)
                     "mapper_parsing_exception",
                     f"Unknown value [{spec['similarity']}] for field [similarity]",
                 )
+            check_index_options(version, field, spec)
         if ftype == "nested":
-            _check_properties(spec.get("properties", {}), normalizers, field + ".")
-        _check_properties(spec.get("fields", {}), normalizers, field + ".")
+            _check_properties(spec.get("properties", {}), normalizers, field + ".", version)
+        _check_properties(spec.get("fields", {}), normalizers, field + ".", version)
 
 
-def _check_doc(mappings: dict[str, Any], src: dict[str, Any], prefix: str = "") -> None:
+def _check_doc(mappings: dict[str, Any], src: dict[str, Any], version: str,
+               prefix: str = "") -> None:
     """Raise what indexing answers for a document the mapping refuses."""
     props = mappings.get("properties", {})
     for name, value in src.items():
@@ -650,10 +709,12 @@ def _check_doc(mappings: dict[str, Any], src: dict[str, Any], prefix: str = "") 
                 raise _Error(400, "document_parsing_exception", parse_error)
             inner = {"dynamic": spec.get("dynamic", mappings.get("dynamic")), **spec}
             for o in objs:
-                _check_doc(inner, o, field + ".")
-        elif ftype == "dense_vector":
-            if not isinstance(value, list) or not all(isinstance(x, (int, float)) for x in value):
+                _check_doc(inner, o, version, field + ".")
+        elif ftype == "flattened":
+            if not isinstance(value, dict):
                 raise _Error(400, "document_parsing_exception", parse_error)
+        elif ftype == "dense_vector":
+            value = decode_vector(version, field, value, spec["dims"])
             if len(value) != spec["dims"]:
                 why = f"has a different number of dimensions [{len(value)}] than defined"
                 raise _Error(
@@ -667,6 +728,8 @@ def _check_doc(mappings: dict[str, Any], src: dict[str, Any], prefix: str = "") 
                     "document_parsing_exception",
                     "The [cosine] similarity does not support vectors with zero magnitude.",
                 )
+            if spec.get("similarity") == "dot_product":
+                check_unit_length(field, value)
         elif isinstance(value, dict) or (
             isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)
         ):

@@ -335,24 +335,24 @@ def test_bad_queries_fail_before_any_request(es, opened):
     assert len(es.requests) == n
 
 
-def test_hybrid_adds_knn_clause(es, settings, catalog):
+def test_hybrid_is_an_rrf_retriever_with_the_filters_on_both_children(es, settings, catalog):
     enc = HashEncoder(16)
     build_es_index(catalog.records, settings, encoder=enc)
     word = next(iter(catalog.distinctive))
     with open_es_index(settings, encoder=enc) as ix:
         hits = ix.search(word, k=4, filters={"tags": ["sale"]})
-        ix.search(word, k=4)
-    with_filter, plain = [r.body for r in es.calls("POST", "/_search$")[-2:]]
-    knn = with_filter["knn"]
-    assert (knn["field"], knn["k"], knn["num_candidates"]) == ("embedding", 4, 100)
+    (search,) = es.calls("POST", "/_msearch$")
+    body = search.body[1]
+    rrf = body["retriever"]["rrf"]
+    standard, knn = rrf["retrievers"][0]["standard"], rrf["retrievers"][1]["knn"]
+    bm25 = standard["query"]["bool"]
+    # window = max(k, num_candidates): each list is 100 deep, the fused list k = 4
+    assert (body["size"], rrf["rank_constant"], rrf["rank_window_size"]) == (4, 60, 100)
+    assert (knn["field"], knn["k"], knn["num_candidates"]) == ("rows.vector", 100, 100)
     np.testing.assert_allclose(knn["query_vector"], enc.encode([word])[0], rtol=1e-6)
-    assert (
-        knn["filter"]
-        == with_filter["query"]["bool"]["filter"]
-        == [{"term": {"tags.keyword": "sale"}}]
-    )
-    assert "filter" not in plain["knn"] and "multi_match" in plain["query"]["bool"]["must"][0]
-    assert all("sale" in h.tags for h in hits)
+    assert knn["filter"] == bm25["filter"] == [{"term": {"tags.keyword": "sale"}}]
+    assert "multi_match" in bm25["must"][0]
+    assert hits and all("sale" in h.tags for h in hits)
 
 
 def test_open_hybrid_index_without_encoder_is_bm25_only(es, settings, catalog):
