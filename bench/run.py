@@ -46,7 +46,7 @@ __all__ = [
 # Benchmark sections in run order; each is the module bench/<name>.py. Planned ones are
 # skipped until their module exists.
 SECTIONS: tuple[str, ...] = ("index_images", "index_templates", "generation", "service",
-                             "retrieval")
+                             "retrieval", "scale")
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_JSON, RESULTS_MD = "results.json", "results.md"
 
