@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -163,8 +164,6 @@ class RayRunner:
 
     def run(self, todo: Sequence[ImageRecord], encoder: ImageEncoder, batch_size: int,
             commit: Commit) -> None:
-        import time
-
         t0 = time.perf_counter()
         ray, started = self._init()
         self.started_s = time.perf_counter() - t0 if started else 0.0
