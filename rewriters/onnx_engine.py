@@ -15,6 +15,9 @@ PyTorch ``Rewriter``'s logits processor does:
 * the repeated-3-gram ban: ``bans.repeated_trigram_bans`` over the generated tokens only
   (and over their text, length markers left out);
 * the length-marker grammar: ``bans.Countdown`` over the logits columns;
+* the repeated-word ban of ``unique_words`` models: ``bans.repeated_word_bans``;
+* these three are kept up to date token by token (``step_bans.StepBans``, the same bans
+  without re-reading the prefix every step);
 * sampling: bans, then temperature, then transformers' nucleus rule, drawn from a numpy
   ``Generator`` that ``seed`` resets, so seeded sampling is reproducible on this engine (its
   random stream is not torch's: the same seed gives other prompts than ``Rewriter``);
@@ -46,10 +49,9 @@ from .fast import (
     _read_export,
     _write_export,
 )
-from .bans import repeated_word_bans
-from .generate import (NGRAM_BAN, Rewriter, RewriterBase, load_rewriter,
-                       repeated_trigram_bans, restrict_output)
+from .generate import Rewriter, RewriterBase, load_rewriter, restrict_output
 from .model import RewriterMeta
+from .step_bans import BanTables, StepBans
 
 __all__ = [
     "ONNX_DIR",
@@ -234,6 +236,8 @@ class OnnxRewriter(TorchFallback, RewriterBase):
         # columns that open a word, for models that never repeat one (meta.unique_words)
         self._opens = (self._word_start[self.columns] if getattr(meta, "unique_words", False)
                        else None)
+        self._ban_tables = BanTables(self._marker_cols, self._opens, self.countdown,
+                                     self._end_col)
         if export.get("model_version") != meta.version:
             raise ModelError(f"ONNX export is of model version {export.get('model_version')}"
                              f", not {meta.version}; re-export with `udrl export`")
@@ -275,45 +279,46 @@ class OnnxRewriter(TorchFallback, RewriterBase):
             logits = np.repeat(logits, n, axis=0)
             dec.select(np.repeat(np.arange(len(encoded)), n))
         rows = logits.shape[0]
-        lengths = np.repeat([c.length for _, c in chunk], n)  # (rows,) words asked
-        budgets = np.repeat(plan.budgets, n)  # (rows,) each row's own budget
-        gen = np.zeros((rows, budget), dtype=np.int64)  # chosen logits columns
-        length = budgets.copy()
-        alive = np.arange(rows)  # which row each batch row is
-        for step in range(budget):
+        # per-row bookkeeping in plain lists: a step's numpy work is the bans' one assignment,
+        # the argmax and the decoder's step (rewriters.step_bans)
+        lengths = [c.length for _, c in chunk for _ in range(n)]  # words asked, per row
+        left = np.repeat(plan.budgets, n).tolist()  # per live row: steps left in its budget
+        alive = list(range(rows))  # which row each live row is
+        gen: list[list[int]] = [[] for _ in range(rows)]  # chosen logits columns per row
+        bans = StepBans(self._ban_tables, lengths)
+        end_col, yields = self._end_col, self.countdown is not None
+        for _ in range(budget):
             scores = logits
-            if step >= NGRAM_BAN:
-                rows_banned, cols_banned = repeated_trigram_bans(gen[alive, :step],
-                                                                 self._marker_cols)
-                scores[rows_banned, cols_banned] = -np.inf
-            if self._opens is not None and step:
-                rows_banned, cols_banned = repeated_word_bans(gen[alive, :step], self._opens)
-                scores[rows_banned, cols_banned] = -np.inf
-            if self.countdown is not None:
-                no_end, no_marker = self.countdown.bans(gen[alive, :step],
-                                                        step + 1 == budgets[alive],
-                                                        lengths[alive])
-                scores[no_end, self._end_col] = -np.inf
-                scores[:, self.countdown.ids] = np.where(no_marker, -np.inf,
-                                                          scores[:, self.countdown.ids])
-                stuck = np.isneginf(scores).all(1)  # every token banned: the grammar yields
-                scores[stuck, self._end_col] = 0.0
+            bans.apply(scores, [k == 1 for k in left])
             if decoding == "greedy":
-                choice = scores.argmax(1)
+                picked = scores.argmax(1).tolist()
+                if yields:  # every token banned: the grammar yields to <|end|>
+                    for r, col in enumerate(picked):
+                        if scores[r, col] == -np.inf:
+                            picked[r] = end_col
             else:
-                choice = sample_nucleus(scores / np.float32(temperature), top_p, self._rng)
-            gen[alive, step] = choice
-            ended = choice == self._end_col
-            length[alive[ended]] = step + 1
-            ended |= step + 1 == budgets[alive]  # its budget spent: the row stops without end
-            if ended.all():
+                if yields:
+                    stuck = np.isneginf(scores).all(1)
+                    scores[stuck, end_col] = 0.0
+                picked = sample_nucleus(scores / np.float32(temperature), top_p,
+                                        self._rng).tolist()
+            keep = []
+            for r, col in enumerate(picked):
+                gen[alive[r]].append(col)
+                if col != end_col and left[r] > 1:  # else it ended, or its budget is spent
+                    keep.append(r)
+            if not keep:
                 break
-            if ended.any():  # finished rows leave the batch and its cache
-                keep = np.flatnonzero(~ended)
-                alive, choice = alive[keep], choice[keep]
-                dec.select(keep)
-            logits = dec.step(self.columns[choice])
-        seqs = [self.columns[gen[r, :length[r]]].tolist() for r in range(rows)]
+            bans.push(picked)
+            if len(keep) < len(picked):  # finished rows leave the batch and its cache
+                alive = [alive[r] for r in keep]
+                picked = [picked[r] for r in keep]
+                left = [left[r] for r in keep]
+                dec.select(np.array(keep))
+                bans.keep(keep)
+            left = [k - 1 for k in left]
+            logits = dec.step(self.columns[picked])
+        seqs = [self.columns[g].tolist() for g in gen]
         return [[self._finish(seqs[i * n + j], c) for j in range(n)]
                 for i, (_, c) in enumerate(chunk)]
 

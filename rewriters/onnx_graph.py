@@ -133,6 +133,9 @@ class KVDecoder:
     The cache is one numpy buffer per layer and kind, (B, H, M, D), allocated zeroed (pages
     become resident only where positions are written) and bound as both the past input and
     the present output, so ONNX Runtime writes each step's keys and values into it in place.
+    A step's inputs and its logits are buffers bound once per batch shape and refilled in
+    place, so a step binds nothing and allocates nothing; ``select`` that only drops rows
+    moves the kept rows up inside the same buffers.
 
     Args:
         session: an ``onnxruntime.InferenceSession`` over a graph written by ``write_graph``.
@@ -149,6 +152,8 @@ class KVDecoder:
         self.n_columns = int(session.get_outputs()[0].shape[-1])  # logits per row
         self.cache: list[np.ndarray] = []
         self.lengths = np.zeros(0, np.int64)  # tokens each row holds in the cache
+        self._longest = 0  # the largest of lengths
+        self._step_io: tuple[np.ndarray, ...] | None = None  # bound step inputs and logits
 
     def prefill(self, encoded: Sequence[Sequence[int]], pad_id: int, budget: int) -> np.ndarray:
         """Logits (B, C) after each input; the cache gets room for ``budget`` more tokens."""
@@ -161,27 +166,59 @@ class KVDecoder:
         shape = (len(encoded), int(self.heads), width + budget, int(self.head_dim))
         self._bind([np.zeros(shape, np.float32) for _ in self._past])
         self.lengths = lengths
-        last = np.arange(len(encoded)) * width + lengths - 1
-        return self._run(ids, np.ascontiguousarray(pos), lengths - 1, width, last)
+        self._longest = width  # the longest row's token count
+        self._check_room(width)
+        io = self._io
+        io.bind_cpu_input("input_ids", ids)
+        io.bind_cpu_input("position_ids", np.ascontiguousarray(pos))
+        io.bind_cpu_input("seqlens_k", (lengths - 1).astype(np.int32))
+        io.bind_cpu_input("total_sequence_length", np.array(width, np.int32))
+        io.bind_cpu_input("last_index", np.arange(len(encoded)) * width + lengths - 1)
+        logits = np.empty((len(encoded), self.n_columns), np.float32)
+        io.bind_ortvalue_output("logits", self._ort.OrtValue.ortvalue_from_numpy(logits))
+        self.session.run_with_iobinding(io)
+        self._step_io = None  # the step inputs are bound at the first step
+        return logits
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
-        """Logits (B, C) after appending ``tokens`` (B,) token ids, one to each row."""
-        rows = len(tokens)
-        logits = self._run(tokens.astype(np.int64)[:, None], self.lengths[:, None],
-                           self.lengths, int(self.lengths.max()) + 1, np.arange(rows))
-        self.lengths = self.lengths + 1
+        """Logits (B, C) after appending ``tokens`` (B,) token ids, one to each row.
+
+        The array returned is the decoder's own buffer: the next ``step`` overwrites it
+        (copy it to keep it).
+        """
+        if self._step_io is None:
+            self._bind_step()
+        ids, pos, seqlens, total, logits = self._step_io
+        self._check_room(self._longest + 1)
+        ids[:, 0] = tokens
+        pos[:, 0] = self.lengths
+        seqlens[:] = self.lengths
+        total[()] = self._longest + 1
+        self.session.run_with_iobinding(self._io)
+        self.lengths += 1
+        self._longest += 1
         return logits
 
     def select(self, rows: np.ndarray) -> None:
         """Keep only cache rows ``rows`` (indices, repeats allowed), in that order."""
+        rows = np.asarray(rows, np.int64)
         used = int(self.lengths.max())  # copy the filled positions only: the rest stays unpaged
-        new = []
-        for buf in self.cache:
-            out = np.zeros((len(rows), *buf.shape[1:]), np.float32)
-            out[:, :, :used] = buf[rows, :, :used]
-            new.append(out)
+        if len(rows) and (np.diff(rows) > 0).all():  # rows dropped only: move up in place
+            for i, r in enumerate(rows.tolist()):
+                if r != i:
+                    for buf in self.cache:
+                        buf[i, :, :used] = buf[r, :, :used]
+            new = [buf[:len(rows)] for buf in self.cache]  # contiguous: the leading rows
+        else:
+            new = []
+            for buf in self.cache:
+                out = np.zeros((len(rows), *buf.shape[1:]), np.float32)
+                out[:, :, :used] = buf[rows, :, :used]
+                new.append(out)
         self._bind(new)
         self.lengths = self.lengths[rows]
+        self._longest = int(self.lengths.max(initial=0))
+        self._step_io = None
 
     def _bind(self, cache: list[np.ndarray]) -> None:
         self.cache = cache
@@ -191,20 +228,26 @@ class KVDecoder:
             io.bind_ortvalue_input(name, value)
             io.bind_ortvalue_output(name.replace("past_", "present_", 1), value)
 
-    def _run(self, ids, pos, seqlens, total: int, last) -> np.ndarray:
-        io, ort = self._io, self._ort
+    def _bind_step(self) -> None:
+        """Bind the one-token step's inputs and logits as buffers refilled in place."""
+        rows = len(self.lengths)
+        ids = np.zeros((rows, 1), np.int64)
+        pos = np.zeros((rows, 1), np.int64)
+        seqlens = np.zeros(rows, np.int32)
+        total = np.zeros((), np.int32)
+        logits = np.empty((rows, self.n_columns), np.float32)
+        value = self._ort.OrtValue.ortvalue_from_numpy
+        for name, buf in (("input_ids", ids), ("position_ids", pos), ("seqlens_k", seqlens),
+                          ("total_sequence_length", total),
+                          ("last_index", np.arange(rows, dtype=np.int64))):
+            self._io.bind_ortvalue_input(name, value(buf))  # shares buf's memory
+        self._io.bind_ortvalue_output("logits", value(logits))
+        self._step_io = (ids, pos, seqlens, total, logits)
+
+    def _check_room(self, total: int) -> None:
         if total > self.cache[0].shape[2]:
             raise ModelError(f"the KV cache holds {self.cache[0].shape[2]} positions, "
                              f"a row needs {total}")
-        io.bind_cpu_input("input_ids", ids)
-        io.bind_cpu_input("position_ids", pos)
-        io.bind_cpu_input("seqlens_k", np.asarray(seqlens, np.int32))
-        io.bind_cpu_input("total_sequence_length", np.array(total, np.int32))
-        io.bind_cpu_input("last_index", np.asarray(last, np.int64))
-        logits = np.empty((len(ids), self.n_columns), np.float32)
-        io.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(logits))
-        self.session.run_with_iobinding(io)
-        return logits
 
 
 def check_graph(model, columns: np.ndarray, path: Path) -> float:
@@ -224,7 +267,7 @@ def check_graph(model, columns: np.ndarray, path: Path) -> float:
     dec = KVDecoder(sess)
     got = [dec.prefill([r.tolist() for r in rows], int(columns[0]), 2)]
     for s in range(steps.shape[1]):
-        got.append(dec.step(steps[:, s].numpy()))
+        got.append(dec.step(steps[:, s].numpy()).copy())  # step reuses its buffer
     diff = 0.0
     cols = torch.as_tensor(columns)
     for b, row in enumerate(rows):
