@@ -179,3 +179,17 @@ def test_strict_length_never_counts_a_length_marker_as_a_word():
     scores = proc(ids, torch.zeros(2, V))
     assert scores[0, end] == float("-inf")  # 2 of 3 words: may not end yet
     assert scores[1, end] == 0.0 and (scores[1, word_start] == float("-inf")).all()  # 3 of 3
+
+
+def test_inputs_are_tokenized_as_the_tokenizer_does(tiny_rewriter):
+    """The Rust tokenizer behind the input encoding gives the ids ``tokenizer.encode`` gives,
+    command and context tokens written in the text included."""
+    tok = tiny_rewriter.tokenizer
+    for text in (" summer sale poster", " café crème brûlée 🍰", " a  b\tc", " <|ctx|> two titles",
+                 " <|task=image|><|len=12|> raw", " word " * 60, ""):
+        assert tiny_rewriter._encode(text) == tok.encode(text)
+    cmd = Command("image", 12, 4)
+    want = (tok.convert_tokens_to_ids(cmd.tokens()) + tok.encode(" cozy cabin")
+            + [tiny_rewriter.prompt_id])
+    assert tiny_rewriter.encode_input("cozy cabin", cmd) == want
+    assert tiny_rewriter.encode_input("cozy cabin", cmd) == want  # the command's ids, kept
