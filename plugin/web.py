@@ -34,6 +34,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image, ImageOps
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexers.catalog_images import IMAGE_SUFFIXES
@@ -186,9 +187,29 @@ def install_web(app: FastAPI, auth: Callable[..., None]) -> None:
     app.include_router(_web_router(auth))  # before the mount: /ui/config is a route
     app.mount("/ui", StaticFiles(directory=STATIC_DIR), name="ui")
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        for name, value in (PAGE_HEADERS if _is_page(request.url.path) else BASE_HEADERS).items():
-            response.headers.setdefault(name, value)
-        return response
+    app.add_middleware(SecurityHeaders)
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware: the security headers on every HTTP response (a header the app
+    set itself is kept). It only edits the response's start message, where an
+    ``@app.middleware`` function (Starlette's ``BaseHTTPMiddleware``) pipes every response
+    through a memory stream and a task of its own."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = PAGE_HEADERS if _is_page(scope["path"]) else BASE_HEADERS
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in extra.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
