@@ -298,23 +298,39 @@ def index_images(
     dense: Optional[bool] = typer.Option(None, "--dense/--no-dense",
                                          help="Build the text (MiniLM) channel over titles."),
     force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
+    backend: Optional[str] = typer.Option(None, help="faiss | elasticsearch (default "
+                                          "index.image_backend)"),
+    es_url: Optional[str] = typer.Option(None, help="Elasticsearch URL."),
+    ray: bool = typer.Option(False, "--ray", help="Encode on a Ray instance started for "
+                             "this run (a cluster: --ray-address)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Encode on this Ray "
+                                              "cluster: 'auto' on a node, ray://head:10001."),
+    ray_actors: Optional[int] = typer.Option(None, "--ray-actors", min=1,
+                                             help="Ray encoder actors (default: one per GPU, "
+                                                  "else per 8 CPUs)."),
 ) -> None:
-    """Encode images with CLIP into a new FAISS index version and publish it atomically."""
-    from .jobs import index_images_job
+    """Encode images with CLIP into a new index version and publish it atomically (a FAISS
+    store version, or an Elasticsearch index behind the image alias)."""
+    from .index_jobs import index_images_job
 
     s = _settings(ctx, **{"index.clip_model": clip_model, "index.clip_pretrained": pretrained,
-                          "index.image_index_type": index_type, "index.dense": dense})
+                          "index.image_index_type": index_type, "index.dense": dense,
+                          "index.image_backend": backend, "index.es_url": es_url})
     _print_json(index_images_job(s, source, shard=shard, rejects=rejects, log=log,
-                                 force=force))
+                                 force=force, ray=ray_address or ("local" if ray else None),
+                                 ray_actors=ray_actors))
 
 
 @index_app.command("merge")
 def index_merge(ctx: typer.Context,
-                force: bool = typer.Option(False, "--force", help=_FORCE_HELP)) -> None:
+                force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
+                backend: Optional[str] = typer.Option(None, help="faiss | elasticsearch"),
+                es_url: Optional[str] = typer.Option(None, help="Elasticsearch URL.")) -> None:
     """Merge the image shards built with --shard into one published index."""
-    from .jobs import merge_images_job
+    from .index_jobs import merge_images_job
 
-    _print_json(merge_images_job(_settings(ctx), force=force))
+    s = _settings(ctx, **{"index.image_backend": backend, "index.es_url": es_url})
+    _print_json(merge_images_job(s, force=force))
 
 
 @index_app.command("templates")
@@ -331,7 +347,7 @@ def index_templates(
     force: bool = typer.Option(False, "--force", help=_FORCE_HELP),
 ) -> None:
     """Build a new template index version and switch to it atomically (alias swap on ES)."""
-    from .jobs import index_templates_job
+    from .index_jobs import index_templates_job
 
     s = _settings(ctx, **{"index.template_backend": backend, "index.es_url": es_url,
                           "index.dense": dense})
@@ -344,15 +360,17 @@ def index_rollback(
     which: str = typer.Argument(..., help="templates | images"),
     to: Optional[str] = typer.Option(None, "--to", help="Version (or Elasticsearch index) to "
                                      "make live; default: the one live before the live one."),
-    backend: Optional[str] = typer.Option(None, help="tantivy | elasticsearch (templates)"),
+    backend: Optional[str] = typer.Option(None, help="templates: tantivy | elasticsearch; "
+                                          "images: faiss | elasticsearch"),
     es_url: Optional[str] = typer.Option(None, help="Elasticsearch URL."),
 ) -> None:
     """Make an earlier index version live again (atomic pointer swap or alias move)."""
-    from .jobs import rollback_job
+    from .index_jobs import rollback_job
 
     if which not in ("templates", "images"):
         raise UdrlError(f"unknown index {which!r}; allowed: templates, images")
-    s = _settings(ctx, **{"index.template_backend": backend, "index.es_url": es_url})
+    kind = "index.image_backend" if which == "images" else "index.template_backend"
+    s = _settings(ctx, **{kind: backend, "index.es_url": es_url})
     _print_json(rollback_job(s, which, to))
 
 

@@ -84,7 +84,7 @@ def index_images_es_job(settings: Settings, source: Path, shard: str | None = No
     from indexers.images import ImageIndexConfig
     from indexers.reindex import ImageReindexConfig, reindex_images
 
-    from .jobs import publish_policy
+    from .index_jobs import publish_policy
 
     _no_text_channel(settings, log_path)
     ix = settings.index
@@ -122,7 +122,7 @@ def merge_images_es_job(settings: Settings, progress: bool = True,
     from indexers.es_image_build import publish_staged
     from indexers.reindex import merge_images
 
-    from .jobs import publish_policy
+    from .index_jobs import publish_policy
 
     es = image_es_settings(settings)
     # the checks run once, against what the alias serves (publish_staged), not the staging store

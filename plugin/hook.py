@@ -25,7 +25,7 @@ from rewriters.commands import TASKS
 from rewriters.errors import ConfigError, ModelError, UdrlError
 
 from .config import Settings, load_settings
-from .jobs import make_text_encoder
+from .index_jobs import make_text_encoder
 from .pipeline import Pipeline, RewriteResult, SearchResult
 
 __all__ = ["RewriteHook", "load_pipeline", "load_engine", "es_settings", "routed_tasks"]

@@ -1,7 +1,8 @@
 """Batch jobs behind the CLI: wiring settings to the rewriter library. No argument parsing here.
 
 Each job takes :class:`plugin.config.Settings`, calls library functions, writes its outputs under
-the workspace and returns a JSON-able report that the CLI prints.
+the workspace and returns a JSON-able report that the CLI prints. Index builds, publishing
+and rollback are in ``plugin.index_jobs``.
 """
 
 from __future__ import annotations
@@ -18,20 +19,14 @@ from rewriters.rewards import Scorer, load_scorer, relabel
 from .config import Settings
 
 __all__ = [
+    "distill_job",
+    "eval_rewriter_job",
+    "load_query_specs",
     "make_scorer",
     "make_teacher",
-    "load_query_specs",
     "relabel_file",
-    "distill_job",
-    "train_job",
     "train_intent_job",
-    "eval_rewriter_job",
-    "index_images_job",
-    "merge_images_job",
-    "index_templates_job",
-    "make_text_encoder",
-    "publish_policy",
-    "rollback_job",
+    "train_job",
 ]
 
 log = logging.getLogger(__name__)
@@ -39,7 +34,8 @@ log = logging.getLogger(__name__)
 
 def _has_catalogue(settings: Settings) -> bool:
     return settings.template_index_dir.is_dir() or settings.image_index_dir.is_dir() or (
-        settings.index.template_backend == "elasticsearch" and bool(settings.index.es_url))
+        "elasticsearch" in (settings.index.template_backend, settings.index.image_backend)
+        and bool(settings.index.es_url))
 
 
 def make_scorer(settings: Settings, kind: str | None = None, grounder=None) -> Scorer:
@@ -239,6 +235,7 @@ def _catalogue_inputs(settings: Settings, examples, cfg):
         log.warning("the template index has no dense channel: training without context")
         return None, vocab
     from .grounding import ServingContext, training_contexts
+    from .index_jobs import make_text_encoder
 
     log.info("grounding contexts for %d training queries (leave-fold-out)", len(queries))
     known = training_contexts(index, _log_of(settings), make_text_encoder(settings), queries,
@@ -344,100 +341,3 @@ def _intent_report(settings: Settings) -> dict[str, Any] | None:
         log.warning("no intent model at %s; the report has no intent accuracy", settings.intent_dir)
         return None
     return evaluate_intent(load_intent_detector(settings.intent_dir), read_examples(held).examples)
-
-
-def publish_policy(settings: Settings, force: bool = False):
-    """The publish checks ``index.publish_*`` ask for (``force``: publish even when they fail)."""
-    from indexers.publish import PublishPolicy
-
-    ix = settings.index
-    return PublishPolicy(min_count_ratio=ix.publish_min_count_ratio,
-                         max_reject_rate=ix.publish_max_reject_rate, force=force)
-
-
-def index_images_job(settings: Settings, source: Path, shard: str | None = None,
-                     rejects: Path | None = None, log: Path | None = None,
-                     progress: bool = True, force: bool = False) -> dict[str, Any]:
-    """Encode a catalogue into a new image-index version and publish it (or one shard), with
-    a text channel over the images' titles (expanded with the query log's clicks) when
-    ``index.dense`` is on."""
-    from indexers.reindex import ImageReindexConfig, reindex_images
-
-    ix = settings.index
-    cfg = ImageReindexConfig(source=source, store_root=settings.image_index_dir,
-                             model_name=ix.clip_model, pretrained=ix.pretrained,
-                             index_type=ix.image_index_type, batch_size=ix.batch_size,
-                             shard=shard, rejects_path=rejects, device=settings.device,
-                             log_path=log, policy=publish_policy(settings, force))
-    return reindex_images(cfg, progress=progress, text_encoder=make_text_encoder(settings))
-
-
-def merge_images_job(settings: Settings, progress: bool = True,
-                     force: bool = False) -> dict[str, Any]:
-    """Merge every shard under the image index directory into one published version."""
-    from indexers.reindex import merge_images
-
-    return merge_images(None, settings.image_index_dir, progress=progress,
-                        policy=publish_policy(settings, force))
-
-
-def make_text_encoder(settings: Settings, light: bool = False):
-    """The dense channel's sentence encoder (one shared instance per process), or None when
-    ``index.dense`` is off. ``light``: for queries, without torch where the model allows
-    (``indexers.minilm``)."""
-    if not settings.index.dense:
-        return None
-    from indexers.dense import load_text_encoder
-
-    return load_text_encoder(settings.index.text_model, settings.device, light=light)
-
-
-def index_templates_job(settings: Settings, source: Path, rejects: Path | None = None,
-                        log: Path | None = None, progress: bool = True,
-                        force: bool = False) -> dict[str, Any]:
-    """Build a new template-index version from a catalogue (expanded with the query log's
-    clicks, with a dense channel and fusion weights fitted on the log) and switch to it
-    atomically."""
-    from indexers.template_reindex import TemplateReindexConfig, reindex_templates
-
-    from .fusion_fit import fit_fusion
-
-    ix = settings.index
-    es = {}
-    if ix.template_backend == "elasticsearch":
-        from .hook import es_settings
-
-        e = es_settings(settings)
-        es = dict(es_url=e.hosts, api_key=e.api_key, basic_auth=e.basic_auth,
-                  ca_certs=e.ca_certs, verify_certs=e.verify_certs)
-    cfg = TemplateReindexConfig(source=source, backend=ix.template_backend,
-                                root=settings.template_index_dir, alias=ix.es_alias,
-                                rejects_path=rejects, log_path=log,
-                                keep_versions=ix.keep_versions,
-                                policy=publish_policy(settings, force), **es)
-    encoder = make_text_encoder(settings)
-
-    def fit(records, qlog):
-        return fit_fusion(records, qlog, encoder, progress=progress) if ix.fit_fusion else None
-
-    return reindex_templates(cfg, encoder=encoder, progress=progress, fit=fit)
-
-
-def rollback_job(settings: Settings, which: str, to: str | None = None) -> dict[str, Any]:
-    """Make the version live before the live one (or ``to``) live again: ``which`` is
-    "templates" (a tantivy pointer swap or an Elasticsearch alias move) or "images"."""
-    from indexers.publish import rollback_store, rollback_templates
-
-    if which == "images":
-        return {"index": which, **rollback_store(settings.image_index_dir, to)}
-    ix = settings.index
-    if ix.template_backend == "tantivy":
-        return {"index": which, **rollback_templates("tantivy", settings.template_index_dir,
-                                                     to=to)}
-    if not ix.es_url:
-        raise ConfigError("index.template_backend is elasticsearch but index.es_url is not "
-                          "set; pass --es-url or set UDRL_INDEX__ES_URL")
-    from .hook import es_settings  # API key or basic auth, TLS
-
-    return {"index": which, **rollback_templates("elasticsearch", es=es_settings(settings),
-                                                 to=to)}

@@ -120,7 +120,8 @@ def fit_rewrite_fusion(settings: Settings, cfg: RewriteFitConfig | None = None,
     from indexers.tantivy_index import build_tantivy_index, open_tantivy_index
 
     from .hook import load_engine, open_indexes
-    from .jobs import _log_of, make_text_encoder
+    from .index_jobs import make_text_encoder
+    from .jobs import _log_of
     from .pipeline import Pipeline
 
     cfg = cfg or RewriteFitConfig()
