@@ -183,14 +183,16 @@ class Pipeline:
     def rewrite(self, query: str, task: str | None = None, length: int | None = None,
                 relevance: int | None = None, n: int = 1,
                 deadline_ms: float | None = None, seed: int | None = None,
-                cache: bool = True) -> RewriteResult:
+                cache: bool = True, cached_only: bool = False) -> RewriteResult | None:
         """Detect intent and rewrite the query for each routed task (or for ``task`` only).
 
         Never raises for a slow, busy or failing model: such prompts fall back to the raw query.
         The deadline (``deadline_ms``, else ``service.deadline_ms``) counts from this call:
         intent detection spends from it and the model gets what is left. ``seed`` makes the
         sampled retries reproducible (offline evaluation uses it); ``cache=False`` skips cached
-        and precomputed prompts and asks the model.
+        and precomputed prompts and asks the model. ``cached_only``: answer only when every
+        prompt is cached (None otherwise, nothing queued), so a caller on an event loop can
+        serve hits without a thread.
 
         Raises:
             ConfigError: bad query, task, length, relevance or n.
@@ -201,10 +203,11 @@ class Pipeline:
         """
         deadline = self.settings.service.deadline_ms if deadline_ms is None else deadline_ms
         return self._rewrite(query, task, length, relevance, n,
-                             time.monotonic() + deadline / 1000.0, seed, cache)
+                             time.monotonic() + deadline / 1000.0, seed, cache, cached_only)
 
     def _rewrite(self, query, task, length, relevance, n: int, deadline_at: float,
-                 seed: int | None, cache: bool) -> RewriteResult:
+                 seed: int | None, cache: bool, cached_only: bool = False
+                 ) -> RewriteResult | None:
         """``rewrite`` with the model's deadline as a ``time.monotonic()`` instant."""
         t0 = time.perf_counter()
         q = _check_query(query)
@@ -228,7 +231,9 @@ class Pipeline:
                 check(q, cmd)
         t = time.perf_counter()
         stage = PromptStage(self.batcher, self.cache, self.settings, self.model_version)
-        prompts = stage.prompts(q, commands, n, deadline_at, seed, cache)
+        prompts = stage.prompts(q, commands, n, deadline_at, seed, cache, cached_only)
+        if prompts is None:  # cached_only and not all cached
+            return None
         timings["rewrite"] = _ms(t)
         path = max((p.path for p in prompts), key=PATHS.index, default="raw")
         count_paths(self.counters, prompts, n)

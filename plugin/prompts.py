@@ -66,7 +66,8 @@ class PromptStage:
     version: str
 
     def prompts(self, query: str, commands: list[Command], n: int, deadline_at: float,
-                seed: int | None = None, use_cache: bool = True) -> list[PromptOutcome]:
+                seed: int | None = None, use_cache: bool = True,
+                cached_only: bool = False) -> list[PromptOutcome] | None:
         """One outcome per command.
 
         Args:
@@ -76,9 +77,14 @@ class PromptStage:
                 queued when it has passed.
             seed: seeds the sampled retries (reproducible offline runs).
             use_cache: False reads no cached prompt (the model's answer is still stored).
+            cached_only: return None, queueing nothing, unless every command is cached.
         Raises:
             QueueFullError: the queue is full and ``service.queue_full`` is ``"503"``.
         """
+        if cached_only and not (use_cache and all(
+                (hit := self.cache.get(query, cmd, self.version, count=False)) is not None
+                and len(hit[0]) >= n for cmd in commands)):
+            return None  # looked without counting: the full call counts its own lookups
         p, g = self.settings.pipeline, self.settings.generation
         out: dict[int, PromptOutcome] = {}
         pending: list[int] = []
@@ -92,6 +98,8 @@ class PromptStage:
                                        alternatives=prompts[1:n])
             else:
                 pending.append(i)
+        if pending and cached_only:
+            return None
         rejected: dict[int, list[str]] = {i: [] for i in pending}
         attempts = 0
 

@@ -125,11 +125,15 @@ class RewriteCache:
     def key(query: str, command: Command, version: str) -> tuple:
         return (normalise_query(query), command.task, command.length, command.relevance, version)
 
-    def get(self, query: str, command: Command, version: str) -> tuple[list[str], str] | None:
-        """(prompts, source) for a key, or None; counts a hit or a miss."""
+    def get(self, query: str, command: Command, version: str,
+            count: bool = True) -> tuple[list[str], str] | None:
+        """(prompts, source) for a key, or None; counts a hit or a miss (``count=False``: a
+        look that neither counts nor refreshes the entry)."""
         k = self.key(query, command, version)
         with self._lock:
             value = self._data.get(k)
+            if not count:
+                return value
             if value is None:
                 self.misses += 1
                 return None

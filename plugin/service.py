@@ -21,6 +21,7 @@ import logging
 import platform
 import time
 from contextlib import asynccontextmanager
+from functools import partial
 
 import anyio
 from fastapi import Depends, FastAPI, Request, Security
@@ -32,6 +33,7 @@ from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info
 from prometheus_client import PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -156,20 +158,15 @@ def create_app(pipeline: Pipeline | None = None, own: bool = False) -> FastAPI:
     app.state.metrics = metrics = _Metrics(app)
     app.state.reloader = Reloader(app.state, metrics.reloads)
 
-    def current(request: Request):
+    async def current(request: Request):  # async: no thread hop per request
         # the request keeps this pipeline until it is done, even if a reload swaps it out
         with request.app.state.reloader.hold() as pipe:
             if pipe is None:
                 raise StarletteHTTPException(503, "the pipeline is not loaded yet")
             yield pipe
 
-    def settings_of(request: Request, configured: Settings = Depends(get_settings)) -> Settings:
-        pipe = request.app.state.pipeline
-        return pipe.settings if pipe is not None else configured
-
-    def check_key(settings: Settings = Depends(settings_of),
-                  x_api_key: str | None = Security(API_KEY)) -> None:
-        if not key_matches(settings.service.api_key, x_api_key):
+    async def check_key(x_api_key: str | None = Security(API_KEY)) -> None:
+        if not key_matches(settings_now().service.api_key, x_api_key):
             raise StarletteHTTPException(401, "missing or wrong X-API-Key header")
 
     def refuse(request: Request, status: int, code: str, message: str,
@@ -235,13 +232,19 @@ def create_app(pipeline: Pipeline | None = None, own: bool = False) -> FastAPI:
 
     @app.post("/v1/rewrite", response_model=RewriteResponse, dependencies=[Depends(check_key)],
               responses=refused)
-    def rewrite(req: RewriteRequest, request: Request,
-                pipe: Pipeline = Depends(current)) -> RewriteResponse:
+    async def rewrite(req: RewriteRequest, request: Request,
+                      pipe: Pipeline = Depends(current)) -> Response:
         """Intent, rewritten prompts and the path taken for one query."""
-        res = pipe.rewrite(req.query, req.task, req.length, req.relevance, req.n,
-                           _deadline(pipe, req.deadline_ms, request), cache=req.cache)
+        call = partial(pipe.rewrite, req.query, req.task, req.length, req.relevance, req.n,
+                       _deadline(pipe, req.deadline_ms, request), cache=req.cache)
+        # every prompt cached: answered here on the event loop; else the model's wait runs
+        # in a worker thread
+        res = call(cached_only=True) if req.cache else None
+        if res is None:
+            res = await run_in_threadpool(call)
         metrics.observe({f"rewrite.{k}": v for k, v in res.timings_ms.items()})
-        return RewriteResponse.model_validate(res.to_dict())
+        body = RewriteResponse.model_validate(res.to_dict())  # validated once
+        return Response(body.model_dump_json(), media_type="application/json")
 
     @app.post("/v1/search", response_model=SearchResponse, dependencies=[Depends(check_key)],
               responses=refused)

@@ -24,6 +24,19 @@ def test_rewrite_routes_by_intent_and_caches(make_pipeline):
     assert pipe.cache.hits == len(res.tasks) and pipe.cache.misses == len(res.tasks)
 
 
+def test_cached_only_answers_hits_and_leaves_misses_untouched(make_pipeline):
+    # the service's event-loop path: a miss queues nothing and counts nothing, a hit answers
+    pipe = make_pipeline()
+    assert pipe.rewrite("blue cat", "image", length=4, cached_only=True) is None
+    assert pipe.batcher.stats.batches == 0
+    assert (pipe.cache.hits, pipe.cache.misses) == (0, 0)
+    pipe.rewrite("blue cat", "image", length=4)
+    hit = pipe.rewrite("blue cat", "image", length=4, cached_only=True)
+    assert hit.prompts[0].source == "cache" and pipe.batcher.stats.batches == 1
+    assert (pipe.cache.hits, pipe.cache.misses) == (1, 1)
+    assert pipe.rewrite("blue cat", "image", length=4, n=2, cached_only=True) is None
+
+
 def test_task_override_and_commands(make_pipeline):
     pipe = make_pipeline(generation={"image_length": 7, "relevance": 2})
     res = pipe.rewrite("summer sale flyer", task="image")
