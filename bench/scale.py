@@ -37,6 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 import faiss
 import numpy as np
 
+from bench.index_images import _qps  # the same timing loop, k = 10
 from indexers.images import ImageIndex, ImageIndexConfig
 
 __all__ = ["bench_hnsw", "bench_ray_encoding", "run"]
@@ -69,15 +70,6 @@ def _clustered(n: int, n_queries: int, seed: int = 0) -> tuple[np.ndarray, np.nd
         return out
 
     return draw(n), draw(n_queries)
-
-
-def _qps(ix: ImageIndex, q: np.ndarray, batch: int) -> tuple[float, list[list[str]]]:
-    ix.search(q[:batch], K)  # warm-up
-    out: list[list[str]] = []
-    t0 = time.perf_counter()
-    for i in range(0, len(q), batch):
-        out += [[h.id for h in hits] for hits in ix.search(q[i : i + batch], K)]
-    return len(q) / (time.perf_counter() - t0), out
 
 
 _OPEN = """

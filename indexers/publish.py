@@ -212,18 +212,7 @@ def rollback_templates(backend: str, root: str | os.PathLike[str] | None = None,
         ConfigError: an unknown backend, or its location is missing.
         IndexStoreError: nothing to roll back to, or ``to`` is not a version of this index.
     """
-    if backend == "tantivy" and root is not None:
-        out = rollback_store(root, to)
-        return {"backend": backend, **{k: out[k] for k in ("version", "previous_version",
-                                                           "count")}}
-    if backend == "elasticsearch" and es is not None:
-        from .es_build import es_live_version, rollback_es_alias  # the client: load on use
-
-        target, was = rollback_es_alias(es, to)
-        return {"backend": backend, "version": target, "previous_version": was,
-                "count": es_live_version(es)[1]}
-    raise ConfigError(f"cannot roll back backend {backend!r}: give root for tantivy or es "
-                      "settings for elasticsearch")
+    return _rollback(backend, "tantivy", root, es, to)
 
 
 def rollback_images(backend: str, root: str | os.PathLike[str] | None = None,
@@ -242,12 +231,20 @@ def rollback_images(backend: str, root: str | os.PathLike[str] | None = None,
         ConfigError: an unknown backend, or its location is missing.
         IndexStoreError: nothing to roll back to, or ``to`` is not a version of this index.
     """
-    if backend == "faiss" and root is not None:
+    return _rollback(backend, "faiss", root, es, to)
+
+
+def _rollback(backend: str, local: str, root, es, to: str | None) -> dict[str, Any]:
+    """A pointer swap in the ``local`` backend's store at ``root``, or an alias move."""
+    if backend == local and root is not None:
         out = rollback_store(root, to)
         return {"backend": backend, **{k: out[k] for k in ("version", "previous_version",
                                                            "count")}}
     if backend == "elasticsearch" and es is not None:
-        out = rollback_templates("elasticsearch", es=es, to=to)  # the same alias move
-        return {**out, "backend": backend}
-    raise ConfigError(f"cannot roll back image backend {backend!r}: give root for faiss or es "
+        from .es_build import es_live_version, rollback_es_alias  # the client: load on use
+
+        target, was = rollback_es_alias(es, to)
+        return {"backend": backend, "version": target, "previous_version": was,
+                "count": es_live_version(es)[1]}
+    raise ConfigError(f"cannot roll back backend {backend!r}: give root for {local} or es "
                       "settings for elasticsearch")
