@@ -270,7 +270,8 @@ def export_job(settings: Settings, quantization: str = "int8", engine: str = "ct
 
 def train_intent_job(settings: Settings, progress: bool = True) -> dict[str, Any]:
     """Train the intent detector on the workspace data, holding queries out for its report."""
-    from rewriters.intent import IntentConfig, evaluate_intent, train_intent
+    from rewriters.intent import IntentConfig
+    from rewriters.intent_train import evaluate_intent, train_intent
 
     s = settings.intent
     examples = read_examples(settings.data_path).examples
@@ -334,7 +335,8 @@ def eval_rewriter_job(settings: Settings, n_commands: int = 300, progress: bool 
 
 
 def _intent_report(settings: Settings) -> dict[str, Any] | None:
-    from rewriters.intent import evaluate_intent, load_intent_detector
+    from rewriters.intent import load_intent_detector
+    from rewriters.intent_train import evaluate_intent
 
     held = settings.intent_dir / "heldout.jsonl"
     if not settings.intent_dir.is_dir() or not held.is_file():

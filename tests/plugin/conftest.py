@@ -24,7 +24,7 @@ SUBJECTS = ("cabin", "forest", "beach", "dog", "cat", "mountain", "sunset", "flo
 
 @pytest.fixture(scope="session")
 def intent_detector():
-    from rewriters.intent import train_intent
+    from rewriters.intent_train import train_intent
 
     detector, _ = train_intent(make_examples(120), progress=False)
     return detector

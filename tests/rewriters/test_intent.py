@@ -23,11 +23,13 @@ from rewriters.intent import (
     WEIGHTS_FILE,
     IntentConfig,
     IntentDetector,
+    featurize,
+    load_intent_detector,
+)
+from rewriters.intent_train import (
     evaluate_intent,
     expected_calibration_error,
-    featurize,
     fit_temperature,
-    load_intent_detector,
     train_intent,
 )
 
