@@ -29,7 +29,6 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from elasticsearch import ApiError, TransportError
 
 from .errors import IndexStoreError
 from .es_dense import DENSE_FIELD, MAX_KNN
@@ -110,7 +109,7 @@ def hybrid_search(index, queries: Sequence[str], k: int,
     if index.use_retrievers():
         bodies = [rrf_body(q, vecs[i], k, category, tags, index.config, field, window, n_cand)
                   for i, q in enumerate(queries)]
-        responses = _msearch(index, bodies)
+        responses = index.msearch_raw(bodies)
         refused = [r for r in responses if "error" in r]
         if not refused:
             return [_hits(r) for r in responses]
@@ -126,7 +125,7 @@ def hybrid_search(index, queries: Sequence[str], k: int,
         bodies.append(search_body(q, window, category, tags, index.config))
         bodies.append({"size": window, "knn": _knn(vecs[i], field, window, n_cand, filters_),
                        "_source": {"excludes": list(SOURCE_EXCLUDES)}})
-    responses = _msearch(index, bodies)
+    responses = index.msearch_raw(bodies)
     for i, r in enumerate(responses):
         if "error" in r:
             raise IndexStoreError(f"query {i // 2} ({queries[i // 2]!r}) failed: {r['error']}")
@@ -134,12 +133,3 @@ def hybrid_search(index, queries: Sequence[str], k: int,
             for i in range(len(queries))]
 
 
-def _msearch(index, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    searches: list[dict[str, Any]] = []
-    for b in bodies:
-        searches.extend(({}, b))
-    try:
-        resp = index._client().msearch(index=index.settings.alias, searches=searches)
-    except (ApiError, TransportError) as e:
-        raise IndexStoreError(f"msearch on {index.settings.alias!r} failed: {e}") from e
-    return list(resp["responses"])

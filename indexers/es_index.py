@@ -139,6 +139,14 @@ class EsTemplateIndex(TemplateIndex):
         """The responses to ``bodies`` in one ``_msearch`` round trip ([] for no bodies)."""
         if not bodies:
             return []
+        responses = self.msearch_raw(bodies)
+        for i, r in enumerate(responses):
+            if "error" in r:
+                raise IndexStoreError(f"query {i} ({queries[i]!r}) failed: {r['error']}")
+        return responses
+
+    def msearch_raw(self, bodies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every response of one ``_msearch`` round trip over the alias, errors included."""
         searches: list[dict[str, Any]] = []
         for b in bodies:
             searches.extend(({}, b))
@@ -146,9 +154,6 @@ class EsTemplateIndex(TemplateIndex):
             resp = self._client().msearch(index=self.settings.alias, searches=searches)
         except (ApiError, TransportError) as e:
             raise IndexStoreError(f"msearch on {self.settings.alias!r} failed: {e}") from e
-        for i, r in enumerate(resp["responses"]):
-            if "error" in r:
-                raise IndexStoreError(f"query {i} ({queries[i]!r}) failed: {r['error']}")
         return list(resp["responses"])
 
     # -- the dense channel and what the build recorded ------------------------------------------

@@ -72,3 +72,13 @@ def make_examples(n_queries: int = 60, seed: int = 0) -> list[Example]:
 @pytest.fixture
 def synthetic_examples() -> list[Example]:
     return make_examples()
+
+
+@pytest.fixture()
+def es():
+    """A fresh local Elasticsearch HTTP double (``tests/indexers/es_double.py``) per test."""
+    from tests.indexers.es_double import EsDouble
+
+    with EsDouble() as double:
+        yield double
+

@@ -21,7 +21,6 @@ from indexers.es_schema import EsSettings
 from indexers.image_backends import IMAGE_BACKENDS, ImageSearchIndex, open_image_index
 from indexers.images import ImageIndex, ImageIndexConfig
 
-from .es_double import EsDouble
 
 N, D, Q = 263, 64, 7  # awkward sizes: 263 docs in bulk chunks of 100 (100, 100, 63)
 ALIAS = "img"
@@ -51,12 +50,6 @@ def flat(data):
     ids, metas, vecs, _ = data
     return ImageIndex.build(vecs, ids, metas, ENC, ImageIndexConfig(pretrained=None,
                                                                      index_type="flat"))
-
-
-@pytest.fixture()
-def es():
-    with EsDouble() as double:
-        yield double
 
 
 @pytest.fixture()

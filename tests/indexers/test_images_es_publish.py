@@ -20,16 +20,9 @@ from indexers.images import ImageIndexConfig, load_image_index
 from indexers.publish import PublishPolicy, rollback_images
 
 from .conftest import N_GOOD
-from .es_double import EsDouble
 
 ALIAS = "img"
 D = 16
-
-
-@pytest.fixture()
-def es():
-    with EsDouble() as double:
-        yield double
 
 
 @pytest.fixture()

@@ -43,12 +43,6 @@ def catalog():
 
 
 @pytest.fixture()
-def es():
-    with EsDouble() as double:
-        yield double
-
-
-@pytest.fixture()
 def settings(es):
     return EsSettings(
         hosts=es.url,

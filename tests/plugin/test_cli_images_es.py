@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from PIL import Image
 
 from plugin.cli import main
 
-from ..indexers.es_double import EsDouble
 
 TINY = """
 [index]
@@ -21,12 +19,6 @@ dense = false
 es_image_alias = "imgs"
 publish_max_reject_rate = 0.5
 """
-
-
-@pytest.fixture()
-def es():
-    with EsDouble() as double:
-        yield double
 
 
 def run(capsys, ws, *argv: str) -> tuple[int, str, str]:

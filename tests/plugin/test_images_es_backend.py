@@ -16,16 +16,9 @@ from plugin.fusion import FusionWeights
 from plugin.hook import open_indexes
 from rewriters.errors import ConfigError
 
-from ..indexers.es_double import EsDouble
 from .conftest import settings_for
 from .fakes import HashEncoder
 from .test_channels import outcome
-
-
-@pytest.fixture()
-def es():
-    with EsDouble() as double:
-        yield double
 
 
 def es_workspace(tmp_path, es, **index):
