@@ -124,7 +124,7 @@ def _echo_rewrite_fit(fit: dict | None) -> None:
 def fit_rewrite(ctx: typer.Context) -> None:
     """Fit the rewrite channel's fusion weight and floor on held-out logged queries (what
     `train` does last), for a model trained before, or after a new index."""
-    from .rewrite_fit import fit_rewrite_fusion
+    from .offline.rewrite_fit import fit_rewrite_fusion
 
     fit = fit_rewrite_fusion(_settings(ctx), progress=True)
     if fit is None:

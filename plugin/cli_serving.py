@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from rewriters.errors import ConfigError, DataError
+from rewriters.errors import ConfigError
 
 __all__ = ["register"]
 
@@ -69,7 +69,7 @@ def search(
 ) -> None:
     """Run QUERY through intent → rewrite → retrieval in-process and print the results
     (only the indexes QUERY is routed to are loaded)."""
-    from .demo import format_results
+    from .offline.demo import format_results
     from .hook import load_pipeline, routed_tasks
 
     s = _settings(ctx)
@@ -92,16 +92,10 @@ def rewrite_batch(
 ) -> None:
     """Precompute rewrites for head queries into a file the service loads at start."""
     from .hook import load_pipeline
-    from .offline import precompute_rewrites
+    from .offline.head_rewrites import precompute_rewrites, read_head_queries
 
     s = _settings(ctx)
-    try:
-        lines = queries.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read queries file {queries}: {e}") from e
-    head = list(dict.fromkeys(q.split("\t")[0].strip() for q in lines if q.strip()))
-    if not head:
-        raise DataError(f"queries file {queries} has no queries")
+    head = read_head_queries(queries)
     target = out or s.precomputed_path
     pipe = load_pipeline(s, indexes=False, precomputed=False)
     try:
@@ -118,7 +112,7 @@ def catalog(
     seed: int = typer.Option(0),
 ) -> None:
     """Generate a sample catalogue (images + templates) for trying the plugin offline."""
-    from .sample_catalog import write_sample_catalog
+    from .offline.sample_catalog import write_sample_catalog
 
     if images < 1 or templates < 1:
         raise ConfigError("--images and --templates must be at least 1")
@@ -128,7 +122,7 @@ def catalog(
 
 def demo(ctx: typer.Context, k: int = typer.Option(3, "-k", help="Results shown per task.")) -> None:
     """Run a handful of queries through the whole pipeline and print a table."""
-    from .demo import NEXT_STEPS, format_results, prompt_similarity, run_demo_queries
+    from .offline.demo import NEXT_STEPS, format_results, prompt_similarity, run_demo_queries
     from .hook import load_pipeline
 
     s = _settings(ctx)
@@ -170,9 +164,9 @@ def evaluate(
     """Offline retrieval evaluation: TREC runs per mode, ranx metrics and significance."""
     from .hook import load_pipeline
     from .jobs import make_scorer
-    from .offline import eval_retrieval
-    from .retrieval_eval import EvalConfig
-    from .trec import read_eval_queries, read_qrels
+    from .offline.pipeline_eval import eval_retrieval
+    from .offline.retrieval_eval import EvalConfig
+    from .offline.trec import read_eval_queries, read_qrels
 
     s = _settings(ctx)
     cfg = EvalConfig(k=k, metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
@@ -187,7 +181,7 @@ def evaluate(
                                 None if no_relevance else make_scorer(s, "minilm"))
     finally:
         pipe.close()
-    from .retrieval_eval import markdown_report
+    from .offline.eval_report import markdown_report
 
     typer.echo(markdown_report(report))
     for mode, q in report["rewrite_quality"].items():

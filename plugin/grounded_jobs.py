@@ -21,11 +21,13 @@ from rewriters.errors import DataError
 from rewriters.queries import QuerySpec
 
 from .config import Settings
-from .fusion_fit import fusion_weights
+from .fitted_weights import fusion_weights
 from .grounding import IndexGrounder
 
-__all__ = ["catalogue_queries", "open_grounder", "pseudo_queries", "read_query_source",
-           "is_query_log"]
+__all__ = ["WORKSPACE_LOG", "catalogue_queries", "open_grounder", "pseudo_queries",
+           "query_log_of", "read_query_source", "is_query_log"]
+
+WORKSPACE_LOG = "query_log.tsv"  # the log distillation used, kept for train and eval
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,15 @@ def read_query_source(path: Path):
         log.warning("%d query-log lines rejected, e.g. %s:%d: %s", len(rejects), rejects[0].file,
                     rejects[0].line, rejects[0].reason)
     return [QuerySpec(text) for text in qlog.texts.values()], qlog
+
+
+def query_log_of(settings: Settings):
+    """The query log named by ``queries_file``, else the one `udrl distill` kept in the
+    workspace (None for a seed file or no log)."""
+    path = settings.queries_file or settings.workspace / WORKSPACE_LOG
+    if settings.queries_file is None and not path.is_file():
+        return None
+    return read_query_source(path)[1]
 
 
 def pseudo_queries(documents, n: int, seed: int = 0, intent: str | None = None

@@ -92,7 +92,7 @@ def index_templates_job(settings: Settings, source: Path, rejects: Path | None =
     atomically."""
     from indexers.template_reindex import TemplateReindexConfig, reindex_templates
 
-    from .fusion_fit import fit_fusion
+    from .offline.fusion_fit import fit_fusion
 
     ix = settings.index
     es = {}

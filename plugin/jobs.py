@@ -17,6 +17,7 @@ from rewriters.errors import ConfigError, DataError, ModelError
 from rewriters.rewards import Scorer, load_scorer, relabel
 
 from .config import Settings
+from .grounded_jobs import WORKSPACE_LOG, query_log_of
 
 __all__ = [
     "distill_job",
@@ -51,25 +52,11 @@ def make_scorer(settings: Settings, kind: str | None = None, grounder=None) -> S
 
     from .grounded_jobs import open_grounder
 
-    grounder = grounder or open_grounder(settings, _log_of(settings))
+    grounder = grounder or open_grounder(settings, query_log_of(settings))
     if grounder is None or grounder.template_index is None:
         raise ModelError("the retrieval return needs a template index; build one with `udrl "
                          "index templates`, or set scorer = \"minilm\"")
     return RetrievalScorer(grounder.search_prompts, grounder.targets)
-
-
-def _log_of(settings: Settings):
-    """The query log named by ``queries_file``, else the one `udrl distill` kept in the
-    workspace (None for a seed file or no log)."""
-    from .grounded_jobs import read_query_source
-
-    path = settings.queries_file or settings.workspace / WORKSPACE_LOG
-    if settings.queries_file is None and not path.is_file():
-        return None
-    return read_query_source(path)[1]
-
-
-WORKSPACE_LOG = "query_log.tsv"  # the log distillation used, kept for train and eval
 
 
 def make_teacher(settings: Settings, grounder=None):
@@ -88,7 +75,7 @@ def make_teacher(settings: Settings, grounder=None):
         kind = "catalog" if _has_catalogue(settings) else "builtin"
     if kind == "builtin":
         return BuiltinTeacher(seed=t.seed)
-    grounder = grounder or open_grounder(settings, _log_of(settings))
+    grounder = grounder or open_grounder(settings, query_log_of(settings))
     if kind == "catalog":
         from rewriters.catalog_teacher import CatalogTeacher, document_frequencies
         from rewriters.grounding import GroundItem
@@ -140,7 +127,7 @@ def distill_job(settings: Settings, progress: bool = True, score: bool = True) -
     from .grounded_jobs import open_grounder
 
     specs = load_query_specs(settings)
-    qlog = _log_of(settings)
+    qlog = query_log_of(settings)
     if qlog is not None and settings.queries_file is not None:  # kept for train's returns
         import shutil
 
@@ -209,7 +196,7 @@ def train_job(settings: Settings, progress: bool = True):
         result.metrics["onnx"] = str(export_job(settings, settings.train.export_onnx, "onnx"))
     if settings.train.export != "none":
         result.metrics["ctranslate2"] = str(export_job(settings, settings.train.export))
-    from .rewrite_fit import fit_rewrite_fusion
+    from .offline.rewrite_fit import fit_rewrite_fusion
 
     result.metrics["rewrite_fit"] = fit_rewrite_fusion(settings, progress=progress)
     return result
@@ -238,8 +225,8 @@ def _catalogue_inputs(settings: Settings, examples, cfg):
     from .index_jobs import make_text_encoder
 
     log.info("grounding contexts for %d training queries (leave-fold-out)", len(queries))
-    known = training_contexts(index, _log_of(settings), make_text_encoder(settings), queries,
-                              cfg.context_items, seed=cfg.seed)
+    known = training_contexts(index, queryquery_log_of(settings), make_text_encoder(settings),
+                              queries, cfg.context_items, seed=cfg.seed)
     serve = ServingContext(index, cfg.context_items)
     return (lambda q: known[q] if q in known else serve(q)), vocab
 

@@ -37,10 +37,9 @@ from rewriters.generate import Rewrite
 from .batching import MicroBatcher
 from .config import Settings
 from .channels import MODES, ModalityResult, ResultItem, search_images, search_templates
+from .fitted_weights import fusion_weights, read_rewrite_fit
 from .fusion import FusionWeights
-from .fusion_fit import fusion_weights
 from .prompts import PromptStage, count_paths, raw_outcome
-from .rewrite_fit import read_rewrite_fit
 from .rewrite import PATHS, PromptOutcome, RewriteCache, check_prompt, read_precomputed
 
 __all__ = ["Pipeline", "RewriteResult", "SearchResult", "ModalityResult", "ResultItem",
@@ -371,4 +370,3 @@ class Pipeline:
         self.batcher.close()
         if self.template_index is not None:
             self.template_index.close()
-

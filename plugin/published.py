@@ -28,8 +28,8 @@ from indexers.store import IndexStore
 from rewriters.errors import UdrlError
 
 from .config import Settings
+from .fitted_weights import REWRITE_FIT_FILE
 from .pipeline import Pipeline
-from .rewrite_fit import REWRITE_FIT_FILE
 
 __all__ = ["COMPONENTS", "POINTERS", "AliasReader", "Stamp", "read_published", "served_version"]
 

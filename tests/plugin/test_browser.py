@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from plugin.cli import main
-from plugin.retrieval_eval import EvalConfig, evaluate_modes
+from plugin.offline.retrieval_eval import EvalConfig, evaluate_modes
 from plugin.rewrite import write_precomputed
-from plugin.trec import EvalQuery
+from plugin.offline.trec import EvalQuery
 
 from .browser import MISSING_BROWSER, RENDERED_LISTS, find_chromium, served, wait_for
 

@@ -3,7 +3,8 @@
 A *mode* is one way of searching — ``raw``, ``rewrite``, ``fused``, or one rewrite command each —
 and the caller supplies it as ``search(query, mode) -> [(doc_id, score), ...]``. The kernels
 (:func:`per_query_scores`, :func:`score_modes`) are thin, pure wrappers over ranx's ``evaluate``
-and paired tests; :func:`evaluate_modes` adds the search loop, TREC runs, the report and plots.
+and paired tests; :func:`evaluate_modes` adds the search loop, TREC runs, the report and plots
+(``plugin.offline.eval_report``, ``plugin.offline.report_html``).
 
 Query bookkeeping (each case is counted in the report, none stops the run):
 
@@ -30,12 +31,13 @@ import numpy as np
 
 from rewriters.errors import ConfigError, DataError
 
+from .eval_report import markdown_report, plot_deltas, plot_metrics
 from .report_html import write_html_report
 from .trec import EvalQuery, run_tag, write_trec_run
 
 __all__ = [
     "SearchFn", "EvalConfig", "METRIC_NAMES", "STAT_TESTS", "judged_qrels", "per_query_scores",
-    "score_modes", "evaluate_modes", "markdown_report", "plot_metrics", "plot_deltas",
+    "score_modes", "evaluate_modes",
 ]
 
 log = logging.getLogger(__name__)
@@ -246,17 +248,18 @@ def evaluate_modes(queries: Sequence[EvalQuery], qrels: Mapping[str, Mapping[str
     """Search every query in every mode, write TREC runs, score with ranx and write the report.
 
     Args:
-        queries: the queries (unique qids), e.g. from :func:`plugin.trec.read_eval_queries`.
-        qrels: qid → {doc_id: grade}, e.g. from :func:`plugin.trec.read_qrels`.
+        queries: the queries (unique qids), e.g. from :func:`plugin.offline.trec.read_eval_queries`.
+        qrels: qid → {doc_id: grade}, e.g. from :func:`plugin.offline.trec.read_qrels`.
         search: ``search(query, mode)`` → hits best first; may raise for a query.
         modes: mode names (letters, digits, ``._+=@-``); the first is the baseline.
         out_dir: folder for ``runs/<mode>.trec``, ``report.json``, ``report.md``,
             ``report.html``, ``per_query.jsonl``, ``metrics.png`` and (two modes or more)
             ``deltas.png``.
         cfg: depth, metrics and test; defaults to :class:`EvalConfig`.
-        tag_for_mode: mode → TREC run tag (see :func:`plugin.trec.run_tag`); default the mode.
+        tag_for_mode: mode → TREC run tag (see :func:`plugin.offline.trec.run_tag`); default
+            the mode.
         prompt_of, title_of: for the HTML report, (mode, qid) → (prompt, path) a mode searched
-            with, and doc id → title (see :func:`plugin.report_html.query_rows`).
+            with, and doc id → title (see :func:`plugin.offline.report_html.query_rows`).
 
     Returns:
         The report written to ``report.json`` (layout in the project docs and tests).
@@ -333,84 +336,3 @@ def _write_per_query(path: Path, queries: Sequence[EvalQuery], judged: Mapping[s
                                if q.qid in judged else None)} for m in runs}}
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
-
-
-def markdown_report(report: Mapping[str, Any]) -> str:
-    """The report as Markdown: a metric table per mode and the pairwise tests."""
-    c, cfg, base = report["counts"], report["config"], report["baseline"]
-    metrics, alpha = cfg["metrics"], cfg["alpha"]
-    vs_base = {(s["b"], s["metric"]) for s in report["significance"]
-               if s["a"] == base and s["significant"]}
-    lines = [
-        "# Retrieval evaluation", "",
-        (f"{c['queries']} queries: {c['evaluated']} evaluated, {c['no_qrels']} without qrels "
-         f"and {c['no_relevant']} with nothing relevant (excluded). Depth k={cfg['k']}; paired "
-         f"{cfg['stat_test']} test, α={alpha}; † = significantly different from `{base}`."), "",
-        "| mode | " + " | ".join(metrics) + " | no hits | errors |",
-        "|---" * (len(metrics) + 3) + "|",
-    ]
-    for m, r in report["results"].items():
-        cells = [f"{r['metrics'][k]:.4f}{'†' if (m, k) in vs_base else ''}" for k in metrics]
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {r['no_hits']} | {r['errors']} |")
-    if report["significance"]:
-        lines += ["", "## Paired tests", "",
-                  "| a | b | metric | p-value | significant | a wins / ties / b wins |",
-                  "|---|---|---|---|---|---|"]
-        for s in report["significance"]:
-            p = "n/a" if s["p_value"] is None else f"{s['p_value']:.4g}"
-            lines.append(f"| {s['a']} | {s['b']} | {s['metric']} | {p} | "
-                         f"{'yes' if s['significant'] else 'no'} | "
-                         f"{s['wins']} / {s['ties']} / {s['losses']} |")
-    return "\n".join(lines) + "\n"
-
-
-def _figure(size: tuple[float, float]):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt.subplots(figsize=size)
-
-
-def _save(fig, ax, path: str | Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
-
-
-def plot_metrics(means: Mapping[str, Mapping[str, float]], path: str | Path) -> Path:
-    """Grouped bars: one group per metric, one bar per mode; saved as a PNG."""
-    modes = list(means)
-    metrics = list(next(iter(means.values())))
-    x = np.arange(len(metrics))
-    width = 0.8 / len(modes)
-    fig, ax = _figure((max(6.0, len(metrics) * (0.6 + 0.35 * len(modes))), 4))
-    for i, m in enumerate(modes):
-        ax.bar(x + (i - (len(modes) - 1) / 2) * width, [means[m][k] for k in metrics], width,
-               label=m)
-    ax.set_xticks(x, metrics)
-    ax.set_ylabel("mean over evaluated queries")
-    ax.set_title("Retrieval quality per mode")
-    return _save(fig, ax, path)
-
-
-def plot_deltas(deltas: Mapping[str, Mapping[str, float]], metric: str, baseline: str,
-                path: str | Path) -> Path:
-    """Histogram of per-query ``metric`` − baseline per mode; saved as a PNG."""
-    values = [v for d in deltas.values() for v in d.values()]
-    lim = max(1.0, max((abs(v) for v in values), default=1.0))
-    w = lim / 10
-    bins = np.arange(-lim - w / 2, lim + w, w)  # a bin centred on 0: "unchanged" stands alone
-    fig, ax = _figure((7, 4))
-    for m, d in deltas.items():
-        ax.hist(list(d.values()), bins=bins, alpha=0.55, label=m)
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_xlabel(f"per-query {metric} − {baseline}")
-    ax.set_ylabel("queries")
-    ax.set_title(f"Per-query change against {baseline}")
-    return _save(fig, ax, path)

@@ -23,7 +23,7 @@ from typing import Any
 __all__ = ["HURT_TOP", "PromptFn", "TitleFn", "html_report", "query_rows", "write_html_report"]
 
 HURT_TOP = 10  # queries listed by a "most hurt" button
-STATIC = Path(__file__).parent / "static"
+STATIC = Path(__file__).parents[1] / "static"  # plugin/static, beside the web page
 
 PromptFn = Callable[[str, str], "tuple[str, str] | None"]  # (mode, qid) -> (prompt, path)
 TitleFn = Callable[[str], "str | None"]  # doc id -> title

@@ -11,8 +11,8 @@ import pytest
 
 from indexers.catalog_images import RejectLog, load_catalog, open_image
 from indexers.catalog_templates import read_templates
-from plugin import sample_catalog
-from plugin.sample_catalog import (
+from plugin.offline import sample_catalog
+from plugin.offline.sample_catalog import (
     IMAGE_MANIFEST,
     STAMP_FILE,
     TEMPLATE_CATALOG,

@@ -1,4 +1,4 @@
-"""The rewrite channel's fitted weight and floor (``plugin.rewrite_fit``) on constructed
+"""The rewrite channel's fitted weight and floor (``plugin.offline.rewrite_fit``) on constructed
 queries, checkable by eye: each query has one relevant item ``"hit"``.
 
 - raw and dense rank ``hit`` 11th (below the top 10: nDCG@10 = 0) on "hard" queries and 1st on
@@ -15,14 +15,9 @@ import math
 
 import pytest
 
+from plugin.fitted_weights import REWRITE_FIT_FILE, read_rewrite_fit
 from plugin.fusion import FusionWeights
-from plugin.rewrite_fit import (
-    REWRITE_FIT_FILE,
-    RewriteFitConfig,
-    choose_rewrite_weights,
-    fitting_queries,
-    read_rewrite_fit,
-)
+from plugin.offline.rewrite_fit import RewriteFitConfig, choose_rewrite_weights, fitting_queries
 
 FILLER = [f"f{i}" for i in range(10)]
 HARD = FILLER + ["hit"]  # the relevant item 11th
@@ -92,7 +87,7 @@ def test_read_rewrite_fit_only_for_its_model(tmp_path, caplog):
 @pytest.mark.parametrize("fitted_fusion", [True, False])
 def test_pipeline_weights_take_the_fit(fitted_fusion):
     from plugin.config import PipelineSettings
-    from plugin.fusion_fit import fusion_weights
+    from plugin.fitted_weights import fusion_weights
 
     p = PipelineSettings(fitted_fusion=fitted_fusion)
     w = fusion_weights(p, {"rewrite": 0.25, "rewrite_floor": 0.7, "dense": 0.0})

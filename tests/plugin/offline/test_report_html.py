@@ -1,4 +1,4 @@
-"""The HTML report of `udrl eval` (plugin.report_html): rows by hand, a self-contained file.
+"""The HTML report of `udrl eval` (plugin.offline.report_html): rows by hand, a self-contained file.
 
 The table is sorted and filtered in a real browser in test_browser.py.
 """
@@ -10,9 +10,9 @@ import re
 
 import pytest
 
-from plugin.report_html import query_rows
-from plugin.retrieval_eval import EvalConfig, evaluate_modes
-from plugin.trec import EvalQuery
+from plugin.offline.report_html import query_rows
+from plugin.offline.retrieval_eval import EvalConfig, evaluate_modes
+from plugin.offline.trec import EvalQuery
 
 QUERIES = [EvalQuery("q1", "red barn"), EvalQuery("q2", "<b>flyer</b> & co"),
            EvalQuery("q3", "not judged")]

@@ -11,8 +11,8 @@ import random
 
 import pytest
 
-from plugin.retrieval_eval import EvalConfig, evaluate_modes, judged_qrels, score_modes
-from plugin.trec import (
+from plugin.offline.retrieval_eval import EvalConfig, evaluate_modes, judged_qrels, score_modes
+from plugin.offline.trec import (
     EvalQuery,
     read_eval_queries,
     read_qrels,

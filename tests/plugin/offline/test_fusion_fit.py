@@ -1,4 +1,4 @@
-"""Fitting the fusion weights on held-out logged queries (``plugin.fusion_fit``).
+"""Fitting the fusion weights on held-out logged queries (``plugin.offline.fusion_fit``).
 
 The synthetic world: 60 templates (``make_templates(60, seed=4)``) and a seeded log of ~200
 queries. Each query is 1-2 words of one template's title, half of them also carrying that
@@ -15,14 +15,15 @@ import random
 import pytest
 
 from indexers.query_log import QueryLog, normalize_query
-from plugin import fusion_fit
 from plugin.config import PipelineSettings
+from plugin.fitted_weights import FITTED, fusion_weights
 from plugin.fusion import FusionWeights
-from plugin.fusion_fit import FITTED, FusionFitConfig, fit_fusion, fit_queries, fusion_weights
+from plugin.offline import fusion_fit
+from plugin.offline.fusion_fit import FusionFitConfig, fit_fusion, fit_queries
 from rewriters.errors import ConfigError
 
-from ..indexers.template_fixtures import make_templates
-from ..indexers.text_fakes import WordEncoder
+from ...indexers.template_fixtures import make_templates
+from ...indexers.text_fakes import WordEncoder
 
 N_ITEMS = 60
 NOT_ELIGIBLE = {"nothing clicked 0", "nothing clicked 1", "nothing clicked 2",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
-from .pipeline import Pipeline, SearchResult
+from ..pipeline import Pipeline, SearchResult
 
 __all__ = ["DEMO_QUERIES", "run_demo_queries", "format_results", "prompt_similarity",
            "NEXT_STEPS"]

@@ -40,14 +40,11 @@ from tqdm.auto import tqdm
 from rewriters.errors import ConfigError
 from rewriters.retrieval_return import ndcg_at_k
 
-from .config import Settings
-from .fusion import FusionWeights, fuse_channels, term_coverage
-from .fusion_fit import fusion_weights
+from ..config import Settings
+from ..fitted_weights import REWRITE_FIT_FILE, fusion_weights
+from ..fusion import FusionWeights, fuse_channels, term_coverage
 
-__all__ = ["REWRITE_FIT_FILE", "RewriteFitConfig", "choose_rewrite_weights", "fit_rewrite_fusion",
-           "fitting_queries", "read_rewrite_fit"]
-
-REWRITE_FIT_FILE = "fusion.json"
+__all__ = ["RewriteFitConfig", "choose_rewrite_weights", "fit_rewrite_fusion", "fitting_queries"]
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +116,14 @@ def fit_rewrite_fusion(settings: Settings, cfg: RewriteFitConfig | None = None,
     """
     from indexers.tantivy_index import build_tantivy_index, open_tantivy_index
 
-    from .hook import load_engine, open_indexes
-    from .index_jobs import make_text_encoder
-    from .jobs import _log_of
-    from .pipeline import Pipeline
+    from ..grounded_jobs import query_log_of
+    from ..hook import load_engine, open_indexes
+    from ..index_jobs import make_text_encoder
+    from ..pipeline import Pipeline
 
     cfg = cfg or RewriteFitConfig()
     t0 = time.perf_counter()
-    qlog = _log_of(settings)
+    qlog = query_log_of(settings)
     index = open_indexes(settings, clip=False)[0] if settings.template_index_dir.is_dir() or (
         settings.index.template_backend == "elasticsearch" and settings.index.es_url) else None
     if qlog is None or index is None:
@@ -234,18 +231,3 @@ def _channels(pipe, query: str, depth: int, encoder):
     cov = term_coverage(query, [" ".join([r.fields.get("title", ""), r.fields.get("category", ""),
                                           *r.fields.get("tags", ())]) for r in raw.results[:3]])
     return lists, cov, sim
-
-
-def read_rewrite_fit(model_dir: Path, model_version: str | None) -> dict[str, float] | None:
-    """The fitted ``rewrite`` and ``rewrite_floor`` for this model version (None: none saved,
-    unreadable, or fitted for another model)."""
-    path = Path(model_dir) / REWRITE_FIT_FILE
-    try:
-        fit = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if fit.get("model_version") not in (None, model_version):
-        log.warning("%s was fitted for model %s, not %s; it is ignored (run `udrl fit-rewrite`)",
-                    path, fit.get("model_version"), model_version)
-        return None
-    return {k: float(fit[k]) for k in ("rewrite", "rewrite_floor") if k in fit}

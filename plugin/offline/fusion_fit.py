@@ -26,11 +26,10 @@ from indexers.tantivy_index import build_tantivy_index, open_tantivy_index
 from rewriters.errors import ConfigError
 from rewriters.retrieval_return import ndcg_at_k
 
-from .fusion import FusionWeights, fuse_channels, term_coverage
+from ..fitted_weights import FITTED
+from ..fusion import FusionWeights, fuse_channels, term_coverage
 
-__all__ = ["FITTED", "FusionFitConfig", "fit_fusion", "fit_queries", "fusion_weights"]
-
-FITTED = ("raw", "raw_coverage", "coverage_floor", "dense", "k")  # the weights fitted here
+__all__ = ["FusionFitConfig", "fit_fusion", "fit_queries"]
 
 log = logging.getLogger(__name__)
 
@@ -134,15 +133,3 @@ def fit_fusion(records: Sequence[Any], qlog: QueryLog | None, encoder,
                  "%.4f, dense %s)", len(held), {n: out[n] for n in FITTED},
                  best_score, single["raw"], single["dense"])
     return out
-
-
-def fusion_weights(p, fitted: dict[str, Any] | None = None) -> FusionWeights:
-    """The fusion weights of the pipeline settings ``p``, with those fitted on the training
-    log replaced when ``p.fitted_fusion``: ``FITTED`` (from the index) and ``rewrite`` /
-    ``rewrite_floor`` (from ``plugin.rewrite_fit``, next to the model)."""
-    base = dict(raw=p.raw_weight, raw_coverage=p.coverage_weight,
-                coverage_floor=p.coverage_floor, dense=p.dense_weight,
-                rewrite=p.rewrite_weight, rewrite_floor=p.rewrite_floor, k=p.rrf_k)
-    if fitted and p.fitted_fusion:
-        base.update({n: fitted[n] for n in (*FITTED, "rewrite", "rewrite_floor") if n in fitted})
-    return FusionWeights(**base)

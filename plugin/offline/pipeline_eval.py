@@ -1,9 +1,8 @@
-"""Offline jobs over a loaded Pipeline: precomputed head rewrites and retrieval evaluation.
+"""Retrieval evaluation over a loaded Pipeline (``udrl eval`` → :func:`eval_retrieval`).
 
-``udrl rewrite-batch`` → :func:`precompute_rewrites`; ``udrl eval`` → :func:`eval_retrieval`,
-which scores raw / rewrite / fused searches (and any extra commands) with ranx
-(``plugin.retrieval_eval``) and adds a rewrite-quality report over the same queries, computed by
-the same function as ``udrl eval-rewriter`` (``rewriters.evaluate.rewrite_quality``).
+It scores raw / rewrite / fused searches (and any extra commands) with ranx
+(``plugin.offline.retrieval_eval``) and adds a rewrite-quality report over the same queries,
+computed by the same function as ``udrl eval-rewriter`` (``rewriters.evaluate.rewrite_quality``).
 """
 
 from __future__ import annotations
@@ -11,60 +10,20 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rewriters.commands import Command, count_words
-from rewriters.errors import ConfigError, QueryTooLongError
+from rewriters.errors import ConfigError
 
-from .channels import MODES
-from .pipeline import RETRIEVAL_MODES, Pipeline, RewriteResult
+from ..channels import MODES
+from ..pipeline import RETRIEVAL_MODES, Pipeline
 
-__all__ = ["precompute_rewrites", "eval_retrieval", "default_modes", "leaked_queries",
-           "parse_command_spec"]
+__all__ = ["eval_retrieval", "default_modes", "leaked_queries", "parse_command_spec",
+           "rewrite_quality_report"]
 
 log = logging.getLogger(__name__)
-
-
-def precompute_rewrites(pipeline: Pipeline, queries: Sequence[str], target,
-                        task: str | None = None, n: int = 1, workers: int = 16,
-                        progress: bool = True) -> dict[str, Any]:
-    """Rewrite head queries (concurrently, so the micro-batcher fills its batches) and write the
-    accepted prompts as JSONL to ``target`` for the service's cache (`udrl rewrite-batch`)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
-    from .rewrite import write_precomputed
-
-    t0 = time.perf_counter()
-
-    def one(q: str) -> RewriteResult | None:
-        try:
-            return pipeline.rewrite(q, task, n=n, deadline_ms=3_600_000)
-        except QueryTooLongError:  # the model's window cannot take it: nothing to precompute
-            return None
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(one, queries), total=len(queries), desc="rewriting",
-                            unit="query", disable=not progress))
-    rows, raw = [], 0
-    for res in results:
-        if res is None:
-            raw += 1
-            continue
-        for o in res.prompts:
-            if o.path == "raw":
-                raw += 1
-                continue
-            rows.append({"query": res.query, **o.command, "model_version": res.model_version,
-                         "prompts": [o.prompt, *o.alternatives]})
-    write_precomputed(target, rows)
-    return {"queries": len(queries), "rows": len(rows), "fell_back_to_raw": raw,
-            "model_version": pipeline.model_version, "file": str(target),
-            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 _SPEC = re.compile(r"^(\d+)(?::(\d))?$")
@@ -100,7 +59,7 @@ def eval_retrieval(pipeline: Pipeline, queries, qrels, task: str, out_dir: Path,
     """Search every query in every mode, score with ranx, and report rewrite quality.
 
     Args:
-        queries, qrels: from ``plugin.trec.read_eval_queries`` / ``read_qrels``.
+        queries, qrels: from ``plugin.offline.trec.read_eval_queries`` / ``read_qrels``.
         task: which index to evaluate ("image" or "template"); doc ids are its ids.
         modes: any of raw, dense, rewrite, hybrid, fused (None: :func:`default_modes`); the
             first is the baseline of the tests.

@@ -2,13 +2,14 @@ import json
 
 import pytest
 
-from plugin.offline import eval_retrieval, parse_command_spec, precompute_rewrites
+from plugin.offline.head_rewrites import precompute_rewrites
+from plugin.offline.pipeline_eval import eval_retrieval, parse_command_spec
+from plugin.offline.trec import EvalQuery, read_trec_run
 from plugin.rewrite import read_precomputed
-from plugin.trec import EvalQuery, read_trec_run
 from rewriters.errors import ConfigError
 
-from ..indexers.template_fixtures import make_templates
-from .fakes import FakeRewriter
+from ...indexers.template_fixtures import make_templates
+from ..fakes import FakeRewriter
 
 
 def test_parse_command_spec():
