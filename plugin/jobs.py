@@ -225,7 +225,7 @@ def _catalogue_inputs(settings: Settings, examples, cfg):
     from .index_jobs import make_text_encoder
 
     log.info("grounding contexts for %d training queries (leave-fold-out)", len(queries))
-    known = training_contexts(index, queryquery_log_of(settings), make_text_encoder(settings),
+    known = training_contexts(index, query_log_of(settings), make_text_encoder(settings),
                               queries, cfg.context_items, seed=cfg.seed)
     serve = ServingContext(index, cfg.context_items)
     return (lambda q: known[q] if q in known else serve(q)), vocab
