@@ -8,8 +8,9 @@ the memory it reports is its own:
 * ``onnxruntime``: ``load_onnx_rewriter`` (dynamic QInt8 weights, never imports torch), then a
   plain greedy loop over its ONNX session (``KVDecoder``: right padding, the KV cache written
   in place) and the served ``OnnxRewriter.rewrite_batch``;
-* ``ctranslate2``: ``load_fast_rewriter`` (int8 weights, int8 x float32 compute, never imports
-  torch), then the raw ``Generator.generate_batch`` and the served ``FastRewriter.rewrite_batch``;
+* ``ctranslate2``: ``load_ctranslate2_rewriter`` (int8 weights, int8 x float32 compute, never
+  imports torch), then the raw ``Generator.generate_batch`` and the served
+  ``CTranslate2Rewriter.rewrite_batch``;
 * ``transformers``: ``load_rewriter`` (float32), then plain ``model.generate`` and the PyTorch
   ``Rewriter.rewrite_batch``.
 
@@ -150,7 +151,7 @@ def _child(engine: str, model_dir: str, batches: list[int], new: int, reps: int,
 
     t0 = time.perf_counter()
     if engine == "onnxruntime":
-        from rewriters.onnx_engine import load_onnx_rewriter
+        from rewriters.engines.onnx_engine import load_onnx_rewriter
 
         rw = load_onnx_rewriter(model_dir, intra_threads=threads, fallback=False)
         info = {"quantization": rw.export["quantization"], "intra_threads": threads}
@@ -158,10 +159,10 @@ def _child(engine: str, model_dir: str, batches: list[int], new: int, reps: int,
         def raw(items):
             return _onnx_greedy(rw, items, new)
     elif engine == "ctranslate2":
-        from rewriters.fast import load_fast_rewriter
+        from rewriters.engines.ctranslate2_engine import load_ctranslate2_rewriter
 
-        rw = load_fast_rewriter(model_dir, intra_threads=threads, inter_threads=1,
-                                fallback=False)
+        rw = load_ctranslate2_rewriter(model_dir, intra_threads=threads, inter_threads=1,
+                                       fallback=False)
         info = {"compute_type": rw.generator.compute_type, "intra_threads": threads}
 
         def raw(items):
@@ -173,7 +174,7 @@ def _child(engine: str, model_dir: str, batches: list[int], new: int, reps: int,
     else:
         import torch
 
-        from rewriters.generate import load_rewriter
+        from rewriters.engines.torch_engine import load_rewriter
 
         torch.set_num_threads(threads)
         rw = load_rewriter(model_dir)
@@ -238,9 +239,9 @@ def _build(model_dir: Path, preset: str) -> dict[str, Any]:
     """Save a random-weight rewriter of ``preset`` shape; export it to CTranslate2 and ONNX int8."""
     import torch
 
-    from rewriters.fast import export_ctranslate2
+    from rewriters.engines.ctranslate2_engine import export_ctranslate2
     from rewriters.model import MODEL_PRESETS, RewriterMeta, build_model, save_model_dir
-    from rewriters.onnx_engine import export_onnx
+    from rewriters.engines.onnx_engine import export_onnx
     from rewriters.tokenizer import load_tokenizer
 
     torch.manual_seed(0)
@@ -298,7 +299,7 @@ def _build_vocab_variant(model_dir: Path, out_dir: Path, quantization: str = "in
     The model files are linked, not copied (the export only reads them); ``output_vocab.json``
     is the variant's own file.
     """
-    from rewriters.onnx_engine import export_onnx
+    from rewriters.engines.onnx_engine import export_onnx
     from rewriters.tokenizer import load_tokenizer
 
     out_dir.mkdir(parents=True)
@@ -325,7 +326,7 @@ def run(quick: bool = False) -> dict:
     import onnxruntime
     import transformers
 
-    from rewriters.onnx_engine import INT4_BLOCK
+    from rewriters.engines.onnx_engine import INT4_BLOCK
 
     from bench.ceilings import ceilings
 

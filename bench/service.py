@@ -70,7 +70,7 @@ def _model_dir(root: Path) -> Path:
     import torch
 
     from rewriters.model import MODEL_PRESETS, RewriterMeta, build_model, save_model_dir
-    from rewriters.onnx_engine import export_onnx
+    from rewriters.engines.onnx_engine import export_onnx
     from rewriters.tokenizer import load_tokenizer
 
     torch.manual_seed(0)

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rewriters.commands import Command
-from rewriters.errors import ConfigError, UdrlError
-from rewriters.generate import Rewrite
+from rewriters.errors import ConfigError
+from rewriters.engines import Rewrite
 
 from .errors import QueueFullError
 

@@ -144,25 +144,22 @@ def export(
     """Export the trained rewriter for the serving engines (`auto` serves the first current one:
     ONNX Runtime, then CTranslate2). With `--engine all`, an engine that has no such
     quantization is skipped."""
-    from rewriters.fast import QUANTIZATIONS
-    from rewriters.onnx_engine import ONNX_QUANTIZATIONS
+    from rewriters.engines import ENGINES, exporting_engines
 
-    from .jobs import EXPORT_ENGINES, export_job
+    from .jobs import export_job
 
-    if engine not in ("all", *EXPORT_ENGINES):
-        raise UdrlError(f"unknown engine {engine!r}; allowed: all, {', '.join(EXPORT_ENGINES)}")
+    exporting = exporting_engines()
+    if engine not in ("all", *exporting):
+        raise UdrlError(f"unknown engine {engine!r}; allowed: all, {', '.join(exporting)}")
     settings = _settings(ctx)
-    labels = {"onnx": "ONNX Runtime", "ctranslate2": "CTranslate2"}
-    names = EXPORT_ENGINES if engine == "all" else (engine,)
+    names = exporting if engine == "all" else (engine,)
     if engine == "all":
-        supported = {"onnx": ONNX_QUANTIZATIONS, "ctranslate2": QUANTIZATIONS}
-        names = tuple(n for n in names if quantization in supported[n])
+        names = tuple(n for n in names if quantization in ENGINES[n].quantizations)
         if not names:
-            raise UdrlError(f"no engine has quantization {quantization!r}; ONNX Runtime: "
-                            f"{', '.join(ONNX_QUANTIZATIONS)}; CTranslate2: "
-                            f"{', '.join(QUANTIZATIONS)}")
+            raise UdrlError(f"no engine has quantization {quantization!r}; " + "; ".join(
+                f"{ENGINES[n].label}: {', '.join(ENGINES[n].quantizations)}" for n in exporting))
     for name in names:
-        typer.echo(f"{labels[name]} export: {export_job(settings, quantization, name)}")
+        typer.echo(f"{ENGINES[name].label} export: {export_job(settings, quantization, name)}")
 
 
 def _round_line(r: dict[str, Any]) -> str:

@@ -46,7 +46,7 @@ def load_engine(settings: Settings, template_index=None, find_context: bool = Tr
     Raises:
         ModelError: no trained rewriter in the workspace, or the engine cannot load it.
     """
-    from rewriters.fast import load_engine as load
+    from rewriters.engines import load_engine as load
 
     if path is None and not settings.model_dir.is_dir():
         raise ModelError(f"no rewriter at {settings.model_dir}; train one with `udrl train`")

@@ -231,28 +231,21 @@ def _catalogue_inputs(settings: Settings, examples, cfg):
     return (lambda q: known[q] if q in known else serve(q)), vocab
 
 
-EXPORT_ENGINES = ("onnx", "ctranslate2")
-
-
 def export_job(settings: Settings, quantization: str = "int8", engine: str = "ctranslate2",
                force: bool = True) -> Path:
     """Export the workspace rewriter for a serving engine (`pipeline.engine = auto` picks it up).
 
-    ``engine``: "onnx" (ONNX Runtime; quantization int8 or float32) or "ctranslate2" (int8,
-    int8_float32, float32, ...).
+    ``engine``: a name in ``rewriters.engines.exporting_engines()`` ("onnx", "ctranslate2");
+    ``quantization`` one of that engine's (``ENGINES[engine].quantizations``).
     """
-    if engine not in EXPORT_ENGINES:
+    from rewriters.engines import export_engine, exporting_engines
+
+    if engine not in exporting_engines():
         raise ConfigError(f"unknown export engine {engine!r}; allowed: "
-                          f"{', '.join(EXPORT_ENGINES)}")
+                          f"{', '.join(exporting_engines())}")
     if not settings.model_dir.is_dir():
         raise ModelError(f"no rewriter at {settings.model_dir}; train one with `udrl train`")
-    if engine == "onnx":
-        from rewriters.onnx_engine import export_onnx
-
-        return export_onnx(settings.model_dir, quantization=quantization, force=force)
-    from rewriters.fast import export_ctranslate2
-
-    return export_ctranslate2(settings.model_dir, quantization=quantization, force=force)
+    return export_engine(engine, settings.model_dir, quantization=quantization, force=force)
 
 
 def train_intent_job(settings: Settings, progress: bool = True) -> dict[str, Any]:

@@ -6,7 +6,7 @@
                                             │ check_query: too long for the window → refused
                  RewriteCache ◄─────────────┤ miss                          (plugin.prompts)
                                             ▼
-                                  MicroBatcher ─► OnnxRewriter / FastRewriter / Rewriter
+                                  MicroBatcher ─► rewriters.engines (onnx / ctranslate2 / torch)
                                             │ check_prompt: accept | retry (sample) | raw query
                                             ▼
           image prompt ─► CLIP text encoder ─► ImageIndex (FAISS) ─┐
@@ -32,7 +32,7 @@ from typing import Any
 from indexers.errors import IndexStoreError
 from rewriters.commands import TASKS, Command
 from rewriters.errors import ConfigError, QueryTooLongError
-from rewriters.generate import Rewrite
+from rewriters.engines import Rewrite
 
 from .batching import MicroBatcher
 from .config import Settings
@@ -104,7 +104,7 @@ class Pipeline:
     """Rewrites queries and searches the indexes; thread-safe for concurrent callers.
 
     Args:
-        rewriter: an engine with ``rewrite_batch`` and ``version`` (``Rewriter`` or the fast one).
+        rewriter: a ``rewriters.engines.Engine`` (``load_engine`` picks one from the registry).
         intent: an ``IntentDetector``; None routes every query to both tasks.
         settings: generation, pipeline and service settings.
         image_index, image_encoder: FAISS index and the CLIP encoder it was built with.

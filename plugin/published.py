@@ -75,14 +75,14 @@ def _pointer_stamp(root: Path) -> Stamp:
 
 
 def _rewriter_stamp(model_dir: Path) -> Stamp:
-    from rewriters.fast import EXPORT_DIR, EXPORT_INFO
-    from rewriters.onnx_engine import ONNX_DIR
+    from rewriters.engines import ENGINES, EXPORT_INFO
 
     try:  # unreadable while `udrl train` rewrites it: wait for the next poll
         version = json.loads((model_dir / "udrl.json").read_text())["version"]
     except (OSError, ValueError, KeyError, TypeError):
         return Stamp(None)
-    exports = [_file_stamp(model_dir / d / EXPORT_INFO).detail for d in (ONNX_DIR, EXPORT_DIR)]
+    exports = [_file_stamp(model_dir / e.export_dir / EXPORT_INFO).detail
+               for e in ENGINES.values() if e.export_dir]
     return Stamp(str(version), "|".join(exports))
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from rewriters.commands import Command
 from rewriters.errors import ConfigError, DataError
 from rewriters.files import file_mode
-from rewriters.generate import Rewrite
+from rewriters.engines import Rewrite
 
 __all__ = [
     "PATHS",

@@ -20,10 +20,9 @@ _EXPORTS = {
     "describe_returns": "retrieval_return",
     "run_distill": "distill", "DistillConfig": "distill",
     "TrainConfig": "train", "train_rewriter": "train",
-    "Rewriter": "generate", "Rewrite": "generate", "load_rewriter": "generate",
-    "RewriterBase": "generate",
-    "FastRewriter": "fast", "export_ctranslate2": "fast", "load_fast_rewriter": "fast",
-    "load_engine": "fast",
+    "Rewriter": "engines.torch_engine", "load_rewriter": "engines.torch_engine",
+    "Rewrite": "engines", "RewriterBase": "engines", "Engine": "engines",
+    "load_engine": "engines", "export_engine": "engines",
     "IntentDetector": "intent", "load_intent_detector": "intent", "train_intent": "intent",
     "evaluate_rewriter": "evaluate",
 }

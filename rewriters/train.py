@@ -27,7 +27,7 @@ from .data import Example, split_by_query, write_examples
 from .errors import ConfigError, DataError
 from .evaluate import evaluate_rewriter, held_out_commands
 from .explore import explore_round
-from .generate import Rewriter
+from .engines.torch_engine import Rewriter
 from .model import MODEL_PRESETS, SCRATCH, ModelConfig, RewriterMeta, build_model, save_model_dir
 from .rewards import Scorer, relabel
 from .tokenizer import BUILTIN_TOKENIZER, load_tokenizer

@@ -39,7 +39,7 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
 
 @pytest.fixture(scope="session")
 def tiny_rewriter(tiny_model_dir):
-    from rewriters.generate import load_rewriter
+    from rewriters.engines.torch_engine import load_rewriter
 
     return load_rewriter(tiny_model_dir)
 

@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 
-from rewriters.budget import check_fit
 from rewriters.commands import Command, count_words
-from rewriters.generate import Rewrite
+from rewriters.engines import Rewrite
+from rewriters.engines.budget import check_fit
 
 
 class FakeRewriter:
@@ -39,6 +39,9 @@ class FakeRewriter:
         if self.window is not None:
             words = len(query.split())
             check_fit(self.window, words + 4, words, command, 0)
+
+    def close(self) -> None:
+        self.closed = True
 
     def rewrite_batch(self, items, n=1, **options):
         for q, c in items:

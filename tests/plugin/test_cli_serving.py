@@ -148,12 +148,12 @@ def template_workspace(tmp_path_factory, tiny_model_dir):
     """A rewriter with its ONNX export, a tantivy template index with a dense channel, and an
     image index folder (so a search routed to images would load CLIP)."""
     from indexers.dense import load_text_encoder
-    from indexers.templates import build_template_index
-    from rewriters.onnx_engine import export_onnx
+    from indexers.template_backends import build_template_index
+    from rewriters.engines import export_engine
 
     ws = tmp_path_factory.mktemp("search-ws")
     shutil.copytree(tiny_model_dir, ws / "rewriter")
-    export_onnx(ws / "rewriter", quantization="float32")
+    export_engine("onnx", ws / "rewriter", quantization="float32")
     build_template_index("tantivy", make_templates(60).records, root=ws / "indexes" / "templates",
                          encoder=load_text_encoder(light=True))
     (ws / "indexes" / "images").mkdir()

@@ -6,7 +6,7 @@ import pytest
 from plugin.batching import MicroBatcher
 from plugin.rewrite import (RewriteCache, check_prompt, read_precomputed, write_precomputed)
 from rewriters.errors import ConfigError, DataError
-from rewriters.generate import Rewrite
+from rewriters.engines import Rewrite
 
 from .fakes import FakeRewriter, command
 

@@ -68,7 +68,7 @@ def test_restore_query_slot_puts_the_query_first_and_keeps_the_length():
 def test_repeated_word_bans_name_the_words_a_row_already_opened():
     import numpy as np
 
-    from rewriters.bans import repeated_word_bans
+    from rewriters.engines.bans import repeated_word_bans
 
     word_start = np.array([False, True, True, False, True])  # ids 1, 2 and 4 open a word
     gen = np.array([[1, 3, 2], [3, 3, 3]])  # row 0 opened words 1 and 2; row 1 none

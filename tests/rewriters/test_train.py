@@ -4,7 +4,7 @@ import pytest
 
 from rewriters.data import read_examples
 from rewriters.errors import ConfigError, DataError
-from rewriters.generate import load_rewriter
+from rewriters.engines.torch_engine import load_rewriter
 from rewriters.model import MODEL_PRESETS
 from rewriters.rewards import LexicalScorer
 from rewriters.train import TrainConfig, train_rewriter
@@ -136,7 +136,7 @@ def test_length_markers_count_down_the_words_still_to_come(tiny_model_dir):
 
     from rewriters.commands import Command
     from rewriters.data import Example
-    from rewriters.generate import load_rewriter
+    from rewriters.engines.torch_engine import load_rewriter
     from rewriters.train import encode_example
 
     rw = load_rewriter(tiny_model_dir)
@@ -200,7 +200,7 @@ def test_context_is_read_after_the_ctx_token_and_saved_in_the_meta(trained_with_
 def test_context_is_cut_only_as_far_as_the_prompt_needs(trained_with_context):
     # training kept whole contexts wherever the example fit the window, so a 40-word request
     # keeps as much context as leaves the prompt its least budget (2 x words + markers + 1)
-    from rewriters.budget import least_budget
+    from rewriters.engines.budget import least_budget
     from rewriters.commands import Command
 
     rw = load_rewriter(trained_with_context[0].model_dir)

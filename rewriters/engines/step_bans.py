@@ -1,6 +1,6 @@
 """The shared decoding bans kept up to date one token a step, for engines with their own loop.
 
-``rewriters.bans`` defines the bans as pure functions of everything generated so far; a loop
+``engines.bans`` defines the bans as pure functions of everything generated so far; a loop
 that calls them every step re-reads the whole prefix (and allocates for it) each time, which
 costs as much as the model step of a small rewriter. :class:`StepBans` holds what those
 functions derive from the prefix, per row, in plain Python, and updates it from each new
@@ -24,8 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..commands import LENGTH_MAX
 from .bans import Countdown
-from .commands import LENGTH_MAX
 
 __all__ = ["BanTables", "StepBans"]
 

@@ -39,18 +39,19 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, ModelError
-from .fast import (
-    TorchFallback,
-    _banned_digest,
-    _begin_export,
-    _check_export,
-    _open_export,
-    _read_export,
-    _write_export,
+from ..errors import ConfigError, ModelError
+from ..model import RewriterMeta
+from .bans import restrict_output
+from .base import Decoding, RewriterBase
+from .export import (
+    banned_digest,
+    begin_export,
+    check_export,
+    open_export,
+    read_export,
+    write_export,
 )
-from .generate import Rewriter, RewriterBase, load_rewriter, restrict_output
-from .model import RewriterMeta
+from .fallback import TorchFallback
 from .step_bans import BanTables, StepBans
 
 __all__ = [
@@ -81,7 +82,7 @@ def onnx_export_problem(model_dir: str | Path, onnx_dir: str | Path | None = Non
     the model version in ``udrl.json``. The banned-token digest is checked on load.
     """
     out = Path(onnx_dir) if onnx_dir else Path(model_dir) / ONNX_DIR
-    return _check_export(model_dir, out, (MODEL_FILE,), "ONNX", ONNX_FORMAT)
+    return check_export(model_dir, out, (MODEL_FILE,), "ONNX", ONNX_FORMAT)
 
 
 def export_onnx(model_dir: str | Path, out_dir: str | Path | None = None,
@@ -107,7 +108,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path | None = None,
     if quantization not in ONNX_QUANTIZATIONS:
         raise ConfigError(f"unknown quantization {quantization!r}; allowed: "
                           f"{', '.join(ONNX_QUANTIZATIONS)}")
-    p, _, banned, out, info, current = _begin_export(
+    p, _, banned, out, info, current = begin_export(
         model_dir, Path(out_dir) if out_dir else None, ONNX_DIR, ONNX_FORMAT, quantization,
         {"onnxruntime": _ort_version()}, force, onnx_export_problem)
     if current:
@@ -117,7 +118,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path | None = None,
         diff = _write_model(p, np.flatnonzero(~banned), info["vocab_rows"], tmp, quantization)
         return {"float32_max_diff": diff}
 
-    return _write_export(p, out, info, write, "ONNX export")
+    return write_export(p, out, info, write, "ONNX export")
 
 
 def _write_model(model_dir: Path, columns: np.ndarray, n_rows: int, tmp: Path,
@@ -221,7 +222,7 @@ class OnnxRewriter(TorchFallback, RewriterBase):
 
     def __init__(self, session, tokenizer, meta: RewriterMeta,
                  output_vocab: Sequence[int] | None = None, *, export: dict[str, Any],
-                 batch_size: int = 32, fallback: Callable[[], Rewriter] | None = None):
+                 batch_size: int = 32, fallback: Callable[[], RewriterBase] | None = None):
         super().__init__(tokenizer, meta, n_rows=int(export["vocab_rows"]),
                          n_positions=int(export["n_positions"]), batch_size=batch_size)
         self.session = session
@@ -241,7 +242,7 @@ class OnnxRewriter(TorchFallback, RewriterBase):
         if export.get("model_version") != meta.version:
             raise ModelError(f"ONNX export is of model version {export.get('model_version')}"
                              f", not {meta.version}; re-export with `udrl export`")
-        if (export.get("banned_digest") != _banned_digest(self.banned)
+        if (export.get("banned_digest") != banned_digest(self.banned)
                 or session.get_outputs()[0].shape[-1] != len(self.columns)):
             raise ModelError("the ONNX export bans other tokens than this model directory "
                              "(tokenizer or output_vocab.json changed); re-export with "
@@ -250,11 +251,11 @@ class OnnxRewriter(TorchFallback, RewriterBase):
         self._init_fallback(fallback)
 
     @staticmethod
-    def fallback_reason(strict_length: bool, decoding: str, seed: int | None = None) -> str | None:
+    def fallback_reason(opts: Decoding) -> str | None:
         """Why a request runs on the PyTorch engine, or None when ONNX Runtime serves it."""
-        if strict_length:
+        if opts.strict_length:
             return "strict_length's word counting runs in the PyTorch logits processor"
-        if decoding == "beam":
+        if opts.decoding == "beam":
             return "beam search runs on transformers"
         return None
 
@@ -267,8 +268,13 @@ class OnnxRewriter(TorchFallback, RewriterBase):
 
         return KVDecoder(self.session)
 
-    def _generate(self, plan, n, strict, decoding, temperature, top_p, num_beams):
-        assert not strict and decoding != "beam"  # routed to the fallback in rewrite_batch
+    def _release(self) -> None:
+        self.session = None  # ONNX Runtime frees the session with its last reference
+        self._release_fallback()
+
+    def _generate(self, plan, opts: Decoding):
+        assert not opts.strict_length and opts.decoding != "beam"  # routed to the fallback
+        n, decoding = opts.n, opts.decoding
         chunk, encoded, budget = plan.chunk, plan.encoded, plan.budget
         dec = self.decoder()
         # room for each row's own budget after its own input (right padding)
@@ -280,7 +286,7 @@ class OnnxRewriter(TorchFallback, RewriterBase):
             dec.select(np.repeat(np.arange(len(encoded)), n))
         rows = logits.shape[0]
         # per-row bookkeeping in plain lists: a step's numpy work is the bans' one assignment,
-        # the argmax and the decoder's step (rewriters.step_bans)
+        # the argmax and the decoder's step (step_bans)
         lengths = [c.length for _, c in chunk for _ in range(n)]  # words asked, per row
         left = np.repeat(plan.budgets, n).tolist()  # per live row: steps left in its budget
         alive = list(range(rows))  # which row each live row is
@@ -300,7 +306,7 @@ class OnnxRewriter(TorchFallback, RewriterBase):
                 if yields:
                     stuck = np.isneginf(scores).all(1)
                     scores[stuck, end_col] = 0.0
-                picked = sample_nucleus(scores / np.float32(temperature), top_p,
+                picked = sample_nucleus(scores / np.float32(opts.temperature), opts.top_p,
                                         self._rng).tolist()
             keep = []
             for r, col in enumerate(picked):
@@ -335,10 +341,12 @@ def load_onnx_rewriter(path: str | Path, intra_threads: int = 0, batch_size: int
     """
     import onnxruntime as ort
 
+    from .torch_engine import load_rewriter
+
     if intra_threads < 0:
         raise ConfigError(f"intra_threads {intra_threads} must be >= 0")
-    p, meta, tokenizer, output_vocab, out = _open_export(
-        path, onnx_export_problem, ONNX_DIR, "rewriters.onnx_engine.export_onnx")
+    p, meta, tokenizer, output_vocab, out = open_export(
+        path, onnx_export_problem, ONNX_DIR, "rewriters.engines.onnx_engine.export_onnx")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_threads
     opts.inter_op_num_threads = 1
@@ -350,5 +358,5 @@ def load_onnx_rewriter(path: str | Path, intra_threads: int = 0, batch_size: int
     except Exception as e:  # onnxruntime raises its own exception types
         raise ModelError(f"cannot load the ONNX model in {out}: {e}") from e
     make = (lambda: load_rewriter(p, batch_size=batch_size)) if fallback else None
-    return OnnxRewriter(session, tokenizer, meta, output_vocab, export=_read_export(out),
+    return OnnxRewriter(session, tokenizer, meta, output_vocab, export=read_export(out),
                         batch_size=batch_size, fallback=make)

@@ -3,7 +3,9 @@
 
 Pure numpy over token ids (or over the logits columns of an engine whose output layer keeps
 only the emittable tokens), so the PyTorch logits processor, the ONNX Runtime decoding loop
-and the CTranslate2 after-the-fact check share one definition.
+and the CTranslate2 after-the-fact check share one definition. The last two functions find
+where a CTranslate2 row broke or overshot a ban PyTorch applies (its loop cannot express
+them), so that engine redraws the row from that step.
 """
 
 from __future__ import annotations
@@ -13,15 +15,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .commands import LENGTH_MAX, MARKER_TOKENS
-from .errors import ModelError
+from ..commands import LENGTH_MAX, MARKER_TOKENS
+from ..errors import ModelError
 
 if TYPE_CHECKING:
-    from .model import RewriterMeta
+    from ..model import RewriterMeta
 
 __all__ = ["NGRAM_BAN", "repeated_trigram_bans", "repeated_word_bans", "Countdown",
-           "token_classes",
-           "marker_token_ids", "restrict_output"]
+           "token_classes", "marker_token_ids", "restrict_output", "first_missed_ban",
+           "first_extra_ban"]
 
 NGRAM_BAN = 3  # a generated prompt never repeats one of its own n-grams of this size
 
@@ -210,3 +212,66 @@ def restrict_output(always_banned: np.ndarray, output_vocab: Sequence[int] | Non
         allowed[end_id] = True
         banned |= ~allowed
     return banned
+
+
+def first_missed_ban(seq: Sequence[int], skip: np.ndarray, countdown: Countdown | None,
+                      end_id: int, budget: int, emittable: frozenset[int], length: int,
+                      opens: np.ndarray | None = None) -> tuple[int, list[int] | None] | None:
+    """First step of ``seq`` whose token ``Rewriter`` bans and CTranslate2 did not, with the ids
+    ``Rewriter`` bans there that CTranslate2's own 3-gram ban does not (None: it bans every
+    emittable token, so ``Rewriter`` ends the prompt there).
+
+    Two bans of a model with length markers are beyond CTranslate2: the 3-gram ban on the text
+    with the markers left out (its ban counts them, so "drop <|r=9|> shadows" after "drop
+    shadows" passes), and the marker grammar (``Countdown``); with ``opens`` (models that
+    never repeat a word) also a word opened twice (``repeated_word_bans``). One pass over
+    ``seq``.
+    """
+    opened: set[int] = set()  # word-opening tokens written so far
+    follows: dict[tuple[int, int], set[int]] = {}  # text pair -> what followed it
+    raw_follows: dict[tuple[int, int], set[int]] = {}  # the same over every token
+    text: list[int] = []
+    last, one_at, may_end = 0, False, False  # last marker (0: none); <|r=1|> written; its word
+    for t, tok in enumerate(seq):
+        banned: set[int] = set(opened)
+        if len(text) >= 2:
+            banned |= follows.get((text[-2], text[-1]), set())
+        if countdown is not None:
+            if not may_end and t + 1 < budget:
+                banned.add(end_id)
+            banned.update(int(i) for i in countdown.ids[~countdown.allowed_markers(last, length)])
+            raw = raw_follows.get(tuple(seq[t - 2:t]), set()) if t >= 2 else set()
+            if emittable <= banned | raw:
+                return (t, None) if tok != end_id else None
+        if tok in banned:
+            return t, sorted(banned)
+        if opens is not None and opens[tok]:
+            opened.add(tok)
+        if countdown is not None and countdown.value[tok]:
+            last = int(countdown.value[tok])
+            one_at = one_at or last == 1
+        elif tok != end_id:
+            may_end = may_end or one_at
+        if not skip[tok]:
+            if len(text) >= 2:
+                follows.setdefault((text[-2], text[-1]), set()).add(tok)
+            text.append(tok)
+        if t >= 2:
+            raw_follows.setdefault((seq[t - 2], seq[t - 1]), set()).add(tok)
+    return None
+
+
+def first_extra_ban(tail: Sequence[int], seq: Sequence[int], banned: np.ndarray) -> int | None:
+    """First step of ``seq`` where CTranslate2's 3-gram ban forbade a token PyTorch allows.
+
+    ``tail`` is what the loop saw before the generated ``seq``: the input past the batch's
+    shortest one, ending with <|prompt|>. At step t (choosing ``seq[t]``) the loop bans every
+    token that followed the last two tokens anywhere before; only pairs inside the query tail
+    differ from PyTorch's rule, and only when what followed is a query token that may be emitted.
+    """
+    follows = {(tail[j], tail[j + 1]) for j in range(len(tail) - 3) if not banned[tail[j + 2]]}
+    if follows:
+        for t in range(2, len(seq)):
+            if (seq[t - 2], seq[t - 1]) in follows:
+                return t
+    return None

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .commands import Command
-from .errors import QueryTooLongError
+from ..commands import Command
+from ..errors import QueryTooLongError
 
 __all__ = ["BUDGET_RULES", "Plan", "prompt_budget", "least_budget", "item_budget", "check_fit",
            "group_items"]

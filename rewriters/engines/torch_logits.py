@@ -1,5 +1,5 @@
-"""The PyTorch engine's logits processor: the shared bans (``rewriters.bans``) applied to a
-torch scores tensor, and strict-length decoding. Used by ``rewriters.generate.Rewriter``."""
+"""The PyTorch engine's logits processor: the shared bans (``engines.bans``) applied to a
+torch scores tensor, and strict-length decoding. Used by ``torch_engine.Rewriter``."""
 
 from __future__ import annotations
 

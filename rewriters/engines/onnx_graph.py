@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ModelError
+from ..errors import ModelError
 
 __all__ = ["KVDecoder", "write_graph", "check_graph"]
 

@@ -1,12 +1,12 @@
-"""StepBans (bans kept token by token) against the pure functions of rewriters.bans."""
+"""StepBans (bans kept token by token) against the pure functions of rewriters.engines.bans."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from rewriters.bans import Countdown, repeated_trigram_bans, repeated_word_bans
-from rewriters.step_bans import BanTables, StepBans
+from rewriters.engines.bans import Countdown, repeated_trigram_bans, repeated_word_bans
+from rewriters.engines.step_bans import BanTables, StepBans
 
 C = 40  # score columns
 END = 39  # <|end|>'s column

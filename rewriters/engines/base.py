@@ -1,19 +1,18 @@
-"""Controlled generation: ask the UDRL GPT-2 for a prompt with a given task, length and relevance.
+"""What every generation engine shares: the command handling around one decoding loop.
 
 Decoding always bans command tokens other than ``<|end|>``, whitespace-only tokens, tokens that
 would repeat a 3-gram of the prompt (or of its text, length markers left out), and (for models
 trained over a restricted output vocabulary) tokens the model never learnt to emit. A model
-trained with length markers also keeps to their grammar (:class:`Countdown`): markers count
+trained with length markers also keeps to their grammar (``bans.Countdown``): markers count
 down, and <|end|> comes only after the ``<|r=1|>`` marker and its word.
 ``strict_length`` adds a hard constraint: ``<|end|>`` is forbidden before the target word count
 and forced once it is reached. Every output is cleaned and validated.
 
-The bans every engine shares (repeated 3-grams, the marker grammar) live in ``rewriters.bans``.
-The command handling that does not depend on the engine (input encoding, request checks, token
-classes, cleanup and validation) lives in :class:`RewriterBase`, and each input's token budget
-in ``rewriters.budget``; ``Rewriter`` runs it on PyTorch/transformers and
-``rewriters.fast.FastRewriter`` on CTranslate2. torch is imported only by the PyTorch engine,
-so the CTranslate2 engine never loads it.
+:class:`RewriterBase` holds the command handling that does not depend on the engine: input
+encoding, the request checks (made once per call, in :meth:`RewriterBase.rewrite_batch`, into
+a :class:`Decoding`), token classes, each input's token budget (``budget``), cleanup and
+validation. Engines implement ``_generate`` over one :class:`budget.Plan`; the bans they share
+live in ``bans``. This module never imports torch.
 """
 
 from __future__ import annotations
@@ -23,21 +22,10 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
-from .bans import (
-    NGRAM_BAN,
-    Countdown,
-    marker_token_ids,
-    repeated_trigram_bans,
-    restrict_output,
-    token_classes,
-)
-from .budget import Plan, check_fit, group_items, least_budget
-from .commands import (
+from ..commands import (
     CONTEXT_TOKEN,
     END_TOKEN,
     LENGTH_MAX,
@@ -47,42 +35,45 @@ from .commands import (
     marker_positions,
     restore_query_slot,
 )
-from .errors import ConfigError
-from .model import RewriterMeta, load_model_dir
-from .torch_logits import _ban_repeated_trigrams, _CommandLogits  # noqa: F401
+from ..errors import ConfigError, ModelError
+from ..model import RewriterMeta
+from .bans import Countdown, marker_token_ids, token_classes
+from .budget import Plan, check_fit, group_items, least_budget
+from .clip_count import CLIP_CONTEXT, clip_token_count
 
-__all__ = [
-    "DECODINGS",
-    "Rewrite",
-    "RewriterBase",
-    "Rewriter",
-    "token_classes",
-    "restrict_output",
-    "NGRAM_BAN",
-    "repeated_trigram_bans",
-    "Countdown",
-    "load_rewriter",
-    "clip_token_count",
-    "CLIP_CONTEXT",
-]
+__all__ = ["DECODINGS", "Decoding", "Rewrite", "RewriterBase"]
 
 log = logging.getLogger(__name__)
 
 DECODINGS = ("sample", "greedy", "beam")
-CLIP_CONTEXT = 77  # CLIP's text window, start and end tokens included
 _MARKER = re.compile(r"<\|r=\d+\|>")  # a length marker in decoded text
 
 
-@lru_cache(maxsize=1)
-def _clip_tokenizer():
-    from open_clip.tokenizer import SimpleTokenizer
+@dataclass(frozen=True)
+class Decoding:
+    """How one ``rewrite_batch`` call decodes, checked once when it is made (:meth:`check`)."""
 
-    return SimpleTokenizer()
+    n: int = 1  # prompts per item (beam search: the n best beams), >= 1
+    strict_length: bool = False  # forbid ending before the target word count, end at it
+    decoding: str = "sample"  # one of DECODINGS
+    temperature: float = 0.8  # sampling temperature, > 0
+    top_p: float = 0.95  # nucleus mass kept when sampling, in (0, 1]
+    num_beams: int = 4  # beam width for beam search (at least n)
+    seed: int | None = None  # reseed the engine's generator first (reproducible sampling)
 
-
-def clip_token_count(text: str) -> int:
-    """Tokens ``text`` takes in CLIP's window, start and end tokens included."""
-    return len(_clip_tokenizer().encode(text)) + 2
+    def check(self) -> Decoding:
+        """Raise ConfigError naming the bad option; return self with ``num_beams >= n``."""
+        if self.decoding not in DECODINGS:
+            raise ConfigError(f"unknown decoding {self.decoding!r}; allowed: "
+                              f"{', '.join(DECODINGS)}")
+        if self.n < 1:
+            raise ConfigError(f"n {self.n} must be at least 1")
+        if self.decoding == "greedy" and self.n > 1:
+            raise ConfigError("greedy decoding gives one prompt per query; use n=1 or sampling")
+        if self.decoding == "sample" and not (self.temperature > 0 and 0 < self.top_p <= 1):
+            raise ConfigError(f"temperature {self.temperature} must be > 0 and top_p "
+                              f"{self.top_p} in (0, 1]")
+        return dataclasses.replace(self, num_beams=max(self.num_beams, self.n))
 
 
 @dataclass(frozen=True)
@@ -135,6 +126,7 @@ class RewriterBase:
         # the time (the check every request makes before the cache is read tokenizes its query)
         self._backend = getattr(tokenizer, "backend_tokenizer", None)
         self._command_ids: dict[Command, list[int]] = {}
+        self._closed = False
 
     def _encode(self, text: str) -> list[int]:
         """``tokenizer.encode(text)``, through the Rust tokenizer when there is one."""
@@ -223,29 +215,44 @@ class RewriterBase:
             temperature, top_p: sampling settings.
             num_beams: beam width (>= n) for beam search.
             seed: seed the engine's generator for reproducible sampling.
+            progress: show a progress bar over the batches.
         Returns:
             One list of ``n`` Rewrites per item, in input order.
         """
-        clean_items = self._check_request(items, n, decoding)
-        if seed is not None:
-            self._seed(seed)
+        if self._closed:
+            raise ModelError("this rewriter engine is closed; load the model again")
+        opts = Decoding(n, strict_length, decoding, temperature, top_p, num_beams, seed).check()
+        return self.run_checked(self._clean_items(items), opts, progress)
+
+    def run_checked(self, items: list[tuple[str, Command]], opts: Decoding,
+                    progress: bool = False) -> list[list[Rewrite]]:
+        """:meth:`rewrite_batch` over items and options already checked (no second check)."""
+        if opts.seed is not None:
+            self._seed(opts.seed)
         from tqdm import tqdm
 
-        encoded = [self.encode_input(q, c) for q, c in clean_items]
-        budgets = [self._fit(e, q, c) for e, (q, c) in zip(encoded, clean_items)]
+        encoded = [self.encode_input(q, c) for q, c in items]
+        budgets = [self._fit(e, q, c) for e, (q, c) in zip(encoded, items)]
         groups = group_items([self.n_positions - len(e) for e in encoded], budgets,
                              self.batch_size, self.budget_rule)
-        out: list[list[Rewrite]] = [[] for _ in clean_items]
+        out: list[list[Rewrite]] = [[] for _ in items]
         for group in tqdm(groups, desc="rewriting", unit="batch", disable=not progress):
-            plan = Plan([clean_items[i] for i in group], [encoded[i] for i in group],
+            plan = Plan([items[i] for i in group], [encoded[i] for i in group],
                         np.array([budgets[i] for i in group]))
-            rows = self._generate(plan, n, strict_length, decoding, temperature, top_p,
-                                  max(num_beams, n))
-            for i, row in zip(group, rows):
+            for i, row in zip(group, self._generate(plan, opts)):
                 out[i] = row
         if getattr(self.meta, "query_first", False):
-            out = [[self._with_query(q, r) for r in rs] for (q, _), rs in zip(clean_items, out)]
+            out = [[self._with_query(q, r) for r in rs] for (q, _), rs in zip(items, out)]
         return out
+
+    def close(self) -> None:
+        """Release the engine's model; later calls raise ModelError. Idempotent."""
+        self._closed = True
+        self._release()
+
+    def _release(self) -> None:
+        """Drop what the engine holds (its session, generator or weights)."""
+        raise NotImplementedError
 
     @staticmethod
     def _with_query(query: str, r: Rewrite) -> Rewrite:
@@ -255,14 +262,8 @@ class RewriterBase:
         return dataclasses.replace(r, prompt=text, words=count_words(text))
 
     @staticmethod
-    def _check_request(items, n: int, decoding: str) -> list[tuple[str, Command]]:
-        """Validate the options and return the items with whitespace-normalised queries."""
-        if decoding not in DECODINGS:
-            raise ConfigError(f"unknown decoding {decoding!r}; allowed: {', '.join(DECODINGS)}")
-        if n < 1:
-            raise ConfigError(f"n {n} must be at least 1")
-        if decoding == "greedy" and n > 1:
-            raise ConfigError("greedy decoding gives one prompt per query; use n=1 or sampling")
+    def _clean_items(items) -> list[tuple[str, Command]]:
+        """The items with whitespace-normalised queries; ConfigError on an empty one."""
         clean_items = []
         for query, command in items:
             q = " ".join(str(query).split())
@@ -274,9 +275,9 @@ class RewriterBase:
     def _seed(self, seed: int) -> None:
         raise NotImplementedError
 
-    def _generate(self, plan: Plan, n, strict, decoding, temperature, top_p, num_beams):
-        """One list of ``n`` Rewrites per (query, command) of ``plan.chunk``; row ``i`` stops at
-        its own budget ``plan.budgets[i]``."""
+    def _generate(self, plan: Plan, opts: Decoding) -> list[list[Rewrite]]:
+        """One list of ``opts.n`` Rewrites per (query, command) of ``plan.chunk``; row ``i``
+        stops at its own budget ``plan.budgets[i]``."""
         raise NotImplementedError
 
     def _countdown(self, banned: np.ndarray, columns: np.ndarray | None = None
@@ -323,83 +324,3 @@ class RewriterBase:
                     problems.append("truncated to CLIP's 77-token window")
         fatal = [p for p in problems if not p.startswith("truncated")]
         return Rewrite(text, count_words(text), command, not fatal, tuple(problems))
-
-
-class Rewriter(RewriterBase):
-    """Generates prompts that obey UDRL commands, on PyTorch (training, fallback, any device).
-
-    Args:
-        model, tokenizer, meta, output_vocab: as returned by ``load_model_dir``.
-        batch_size: inputs per forward batch in ``rewrite_batch``.
-    """
-
-    # left padding: every row's position grows until the batch's last step
-    budget_rule = "window"
-
-    def __init__(self, model, tokenizer, meta: RewriterMeta,
-                 output_vocab: Sequence[int] | None = None, batch_size: int = 32):
-        import torch
-
-        self.model = model.eval()
-        super().__init__(tokenizer, meta, n_rows=model.get_output_embeddings().weight.shape[0],
-                         n_positions=model.config.n_positions, batch_size=batch_size)
-        self.word_start = torch.from_numpy(self._word_start)  # (V,) bool
-        self.set_output_vocab(output_vocab)
-
-    def set_output_vocab(self, output_vocab: Sequence[int] | None) -> None:
-        """Allow only ``output_vocab`` tokens (and <|end|>) to be emitted; None lifts the limit."""
-        import torch
-
-        banned = restrict_output(self._always_banned, output_vocab, self.end_id)
-        self.banned = torch.from_numpy(banned)  # (V,) bool
-        self.countdown = self._countdown(banned)
-
-    def _seed(self, seed: int) -> None:
-        import torch
-
-        torch.manual_seed(seed)
-
-    def _generate(self, plan, n, strict, decoding, temperature, top_p, num_beams):
-        import torch
-        from transformers import LogitsProcessorList
-
-        chunk, encoded, width = plan.chunk, plan.encoded, plan.width
-        budgets = torch.from_numpy(plan.budgets)  # (B,) each row's own budget
-        ids = torch.full((len(encoded), width), self.end_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, e in enumerate(encoded):  # left padding: generation continues on the right
-            ids[i, width - len(e) :] = torch.tensor(e)
-            mask[i, width - len(e) :] = 1
-        targets = torch.tensor([c.length for _, c in chunk]) if strict else None
-        markers = None
-        if self.marker_ids:
-            markers = torch.zeros_like(self.word_start)
-            markers[list(self.marker_ids.values())] = True
-        proc = _CommandLogits(width, self.banned, self.word_start, self.end_id, targets, budgets,
-                              markers, self.countdown, np.array([c.length for _, c in chunk]),
-                              getattr(self.meta, "unique_words", False))
-        gen_kw = dict(
-            max_new_tokens=plan.budget, eos_token_id=self.end_id,
-            pad_token_id=self.end_id, logits_processor=LogitsProcessorList([proc]),
-            num_return_sequences=n,
-        )
-        if decoding == "sample":
-            gen_kw.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-        elif decoding == "beam":
-            gen_kw.update(do_sample=False, num_beams=num_beams, early_stopping=True)
-        else:
-            gen_kw.update(do_sample=False)
-        with torch.inference_mode():
-            seqs = self.model.generate(input_ids=ids, attention_mask=mask, **gen_kw)[:, width:]
-        results = []
-        for i, (_, command) in enumerate(chunk):  # a row past its budget was made to end there
-            cut = int(plan.budgets[i])
-            results.append([self._finish(seqs[i * n + j, :cut].tolist(), command)
-                            for j in range(n)])
-        return results
-
-
-def load_rewriter(path: str | Path, device: str = "cpu", batch_size: int = 32) -> Rewriter:
-    """Load a trained rewriter directory (see ``rewriters.model``) on PyTorch."""
-    model, tokenizer, meta, output_vocab = load_model_dir(path, device=device)
-    return Rewriter(model, tokenizer, meta, output_vocab, batch_size=batch_size)

@@ -3,7 +3,8 @@ import pytest
 
 from rewriters.commands import Command
 from rewriters.errors import ConfigError, ModelError
-from rewriters.generate import CLIP_CONTEXT, clip_token_count, load_rewriter
+from rewriters.engines.clip_count import CLIP_CONTEXT, clip_token_count
+from rewriters.engines.torch_engine import load_rewriter
 
 
 @pytest.mark.parametrize("decoding", ["greedy", "sample", "beam"])
@@ -38,7 +39,7 @@ def test_batch_and_single_greedy_agree_despite_left_padding(tiny_rewriter):
 
 
 def test_output_vocabulary_restriction_is_obeyed(tiny_model_dir, tokenizer):
-    from rewriters.generate import Rewriter
+    from rewriters.engines.torch_engine import Rewriter
     from rewriters.model import load_model_dir
 
     model, tok, meta, _ = load_model_dir(tiny_model_dir)
@@ -96,7 +97,7 @@ def test_image_prompts_are_cut_to_clip_window(tiny_rewriter):
 def test_repeated_trigrams_are_banned_but_the_query_may_be_copied():
     import torch
 
-    from rewriters.generate import _ban_repeated_trigrams
+    from rewriters.engines.torch_logits import _ban_repeated_trigrams
 
     gen = torch.tensor([[5, 6, 7, 5, 6],    # "5 6" seen before, followed by 7 → 7 banned
                         [1, 2, 3, 4, 5]])   # no repeated pair → nothing banned
@@ -109,7 +110,8 @@ def test_repeated_trigrams_are_banned_but_the_query_may_be_copied():
 def test_a_length_marker_inside_a_repeated_phrase_does_not_hide_the_repeat():
     import torch
 
-    from rewriters.generate import _ban_repeated_trigrams, repeated_trigram_bans
+    from rewriters.engines.bans import repeated_trigram_bans
+    from rewriters.engines.torch_logits import _ban_repeated_trigrams
 
     skip = np.zeros(10, dtype=bool)
     skip[9] = True  # id 9 is a length marker
@@ -132,7 +134,7 @@ def test_a_length_marker_inside_a_repeated_phrase_does_not_hide_the_repeat():
 
 
 def test_the_countdown_starts_where_the_length_says_and_counts_down_in_the_schemes_order():
-    from rewriters.generate import Countdown
+    from rewriters.engines.bans import Countdown
 
     cd = Countdown({k: 100 + k for k in range(1, 40)}, 200, every=3, tail=3)  # r=k is id 100+k
     gen = np.array([[5, 6, 7], [5, 109, 6], [5, 6, 101]])  # no marker yet; after r=9; after r=1
@@ -166,7 +168,7 @@ def test_strict_length_never_counts_a_length_marker_as_a_word():
     """A marker written before the first word must not make strict decoding end a word early."""
     import torch
 
-    from rewriters.generate import _CommandLogits
+    from rewriters.engines.torch_logits import _CommandLogits
 
     V, end, marker = 8, 0, 1
     word_start = torch.tensor([False, False, True, True, False, False, False, False])
