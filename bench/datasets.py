@@ -46,7 +46,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repo root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rewriters.errors import ConfigError, DataError, UdrlError
+from plugin.errors import UDRL_ERRORS, exit_code
+from rewriters.errors import ConfigError, DataError
 
 __all__ = [
     "DATASETS", "Benchmark", "Dataset", "Icon", "QuerySet", "build_benchmark", "classify_tags",
@@ -357,9 +358,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         icons = load_icons(args.icons or fetch_icons(cache, dataset))
         bench = build_benchmark(icons, seed=args.seed, n_test=args.n_test, n_dev=args.n_dev)
         write_benchmark(bench, args.out, dataset, "python -m bench.datasets " + shlex.join(argv))
-    except UdrlError as e:
+    except UDRL_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_code(e)
     print(json.dumps({"dataset": dataset.name, "icons": len(bench.icons),
                       "log_lines": len(bench.log), "log_queries": bench.log_queries,
                       **{s.name: len(s.queries) for s in (*bench.test, bench.dev)},

@@ -1,32 +1,49 @@
 """Errors raised by the index package.
 
-Hierarchy (shared root with ``rewriters.errors``)::
+Hierarchy (a root of its own: ``indexers`` never imports ``rewriters``; ``plugin.errors`` maps
+both families to exit and HTTP statuses)::
 
-    UdrlError
-    ├── ConfigError            bad option (unknown index type, k < 1)
+    IndexerError
+    ├── ConfigError            bad option (unknown index type, k < 1); also a ValueError
     ├── DataError              unreadable catalogue, bad records
     ├── ModelError             an encoder's weights or checkpoint cannot be loaded
     └── IndexStoreError        an index on disk or in Elasticsearch is missing or unusable
         ├── EncoderMismatchError   the index was built by another encoder than the one given
         └── PublishRefusedError    a build failed the publish checks; the live version stays
+
+Every message names the bad value and, where there is one, the fix.
 """
 
 from __future__ import annotations
-
-from rewriters.errors import ConfigError, DataError, ModelError, UdrlError
 
 __all__ = [
     "ConfigError",
     "DataError",
     "EncoderMismatchError",
     "IndexStoreError",
+    "IndexerError",
     "ModelError",
     "PublishRefusedError",
-    "UdrlError",
 ]
 
 
-class IndexStoreError(UdrlError):
+class IndexerError(Exception):
+    """Base class of every error the index package raises on purpose."""
+
+
+class ConfigError(IndexerError, ValueError):
+    """A caller-supplied option or value is invalid."""
+
+
+class DataError(IndexerError):
+    """A catalogue, manifest or log cannot be read or does not validate."""
+
+
+class ModelError(IndexerError):
+    """An encoder's weights or checkpoint are missing, incomplete or incompatible."""
+
+
+class IndexStoreError(IndexerError):
     """An index is missing, incomplete, corrupt, or its backend refused an operation."""
 
 

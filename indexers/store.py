@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from .errors import IndexStoreError
+from .files import share_tree
 
 __all__ = ["COMPLETE_MARKER", "HISTORY_FILE", "LOCK_FILE", "IndexStore"]
 
@@ -101,9 +102,7 @@ class IndexStore:
     @staticmethod
     def mark_complete(version: Path) -> None:
         """Record that ``version`` holds a finished build (written last, fsynced); its files
-        get their umask modes first (some writers leave them owner-only, see rewriters.files)."""
-        from rewriters.files import share_tree
-
+        get their umask modes first (some writers leave them owner-only, see indexers.files)."""
         share_tree(version)
         marker = version / COMPLETE_MARKER
         with marker.open("w") as fh:

@@ -36,7 +36,7 @@ from rewriters.commands import Command
 from rewriters.errors import ConfigError
 from rewriters.engines import Rewrite
 
-from .errors import QueueFullError
+from .errors import UDRL_ERRORS, QueueFullError
 
 __all__ = ["BatchStats", "MicroBatcher"]
 
@@ -267,7 +267,7 @@ class MicroBatcher:
         return per_job
 
     def _fail(self, job: _Job, error: Exception) -> None:
-        if isinstance(error, UdrlError):  # an expected refusal: no traceback
+        if isinstance(error, UDRL_ERRORS):  # an expected refusal: no traceback
             log.warning("generation failed for %d item(s): %s", len(job.items), error)
         else:
             log.error("generation failed for %d item(s)", len(job.items), exc_info=error)

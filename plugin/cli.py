@@ -18,6 +18,7 @@ import typer
 from rewriters.errors import UdrlError
 
 from .config import Settings, load_settings, with_overrides
+from .errors import UDRL_ERRORS, exit_code
 
 __all__ = ["app", "main"]
 
@@ -393,9 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         print("error: interrupted", file=sys.stderr)
         return 130
-    except UdrlError as e:
+    except UDRL_ERRORS as e:  # either package's: one line, the status from plugin.errors
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return exit_code(e)
     except _usage_errors() as e:
         if type(e).__name__ == "NoArgsIsHelpError":
             return 2  # help was already printed

@@ -22,9 +22,10 @@ from typing import Any
 
 from indexers.errors import IndexStoreError
 from rewriters.commands import TASKS
-from rewriters.errors import ConfigError, ModelError, UdrlError
+from rewriters.errors import ConfigError, ModelError
 
 from .config import Settings, load_settings
+from .errors import UDRL_ERRORS
 from .index_jobs import make_text_encoder
 from .pipeline import Pipeline, RewriteResult, SearchResult
 
@@ -221,7 +222,7 @@ def _open_side(task: str, wanted: set[str], errors: dict[str, str], opener, *arg
     build = f"`udrl index {task}s`"
     try:
         opened = opener(*args)
-    except UdrlError as e:
+    except UDRL_ERRORS as e:  # either package's: the index is left out
         log.warning("%s index left out: %s", task, e)
         errors[f"{task}_index"] = str(e)
         return None

@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from rewriters.commands import Command
-from rewriters.errors import UdrlError
 
 from .batching import MicroBatcher
 from .config import Settings
-from .errors import QueueFullError
+from .errors import UDRL_ERRORS, QueueFullError
 from .rewrite import PromptOutcome, RewriteCache, check_prompt
 
 __all__ = ["PromptStage", "raw_outcome", "command_dict", "count_paths"]
@@ -131,7 +130,7 @@ class PromptStage:
                 future.add_done_callback(self._cache_late(query, items, n))
                 return fall_back("deadline")
             except Exception as e:  # a failing model fails open, like a slow one
-                if not isinstance(e, UdrlError):
+                if not isinstance(e, UDRL_ERRORS):
                     log.exception("rewriter failed; falling back to the raw query")
                 return fall_back(f"model error: {e}")
             still = []

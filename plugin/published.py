@@ -25,9 +25,9 @@ from typing import Any
 
 from indexers.errors import IndexStoreError
 from indexers.store import IndexStore
-from rewriters.errors import UdrlError
 
 from .config import Settings
+from .errors import UDRL_ERRORS
 from .fitted_weights import REWRITE_FIT_FILE
 from .pipeline import Pipeline
 
@@ -130,7 +130,7 @@ def read_published(settings: Settings, alias: Callable[[], str | None] | None = 
     else:
         try:
             template = Stamp(alias() if alias is not None else None)
-        except UdrlError as e:  # down now: keep serving what is loaded, look again later
+        except UDRL_ERRORS as e:  # down now: keep serving what is loaded, look again later
             log.debug("the Elasticsearch alias cannot be read now: %s", e)
             template = Stamp(None)
     return {

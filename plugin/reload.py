@@ -32,9 +32,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from indexers.errors import IndexStoreError
-from rewriters.errors import UdrlError
 
 from .config import Settings
+from .errors import UDRL_ERRORS
 from .pipeline import Pipeline
 from .published import COMPONENTS, POINTERS, AliasReader, Stamp, read_published, served_version
 
@@ -81,6 +81,12 @@ class ReloadStatus(BaseModel):
 
 
 # -- loading ----------------------------------------------------------------------------------
+
+
+def _parts(pipe: Pipeline) -> tuple[Any, Any, Any]:
+    """What a pipeline holds that must be closed when no pipeline uses it any more; the batcher
+    comes before its engine, so queued work finishes on the engine first."""
+    return pipe.batcher, pipe.rewriter, pipe.template_index
 
 
 def _reads_context(engine) -> bool:
@@ -144,7 +150,7 @@ def load_changed(old: Pipeline, changed: Collection[str],
         except Exception as e:  # whatever breaks, the old component keeps serving
             errors[component] = str(e) or type(e).__name__
             log.warning("reloading %s failed; the old one keeps serving: %s", component,
-                        errors[component], exc_info=not isinstance(e, UdrlError))
+                        errors[component], exc_info=not isinstance(e, UDRL_ERRORS))
             return None
 
     if "intent" in changed:
@@ -230,7 +236,7 @@ class Reloader:
         self._cond = threading.Condition()  # guards the swap, the counts, _owned, _retiring
         self._inflight: dict[int, int] = {}  # id(pipeline) -> requests using it
         self._retiring: list[Pipeline] = []  # swapped out, not closed yet
-        self._owned: list[Any] = []  # batchers and template indexes the app must close
+        self._owned: list[Any] = []  # engines, batchers and template indexes the app must close
         self._busy = threading.Lock()  # one reload at a time
         self._loaded: dict[str, Stamp] | None = None  # what the serving pipeline came from
         self._failed: dict[str, Stamp] = {}  # what failed last, per component
@@ -268,7 +274,7 @@ class Reloader:
         ``service.reload_interval_s`` > 0."""
         pipe = self.state.pipeline
         if getattr(self.state, "owned", False):
-            self._owned += [x for x in (pipe.batcher, pipe.template_index) if x is not None]
+            self._owned += [x for x in _parts(pipe) if x is not None]
         with self._busy:
             self._baseline(pipe)
         self.interval_s = float(pipe.settings.service.reload_interval_s)
@@ -373,8 +379,8 @@ class Reloader:
 
     def _swap(self, old: Pipeline, new: Pipeline) -> None:
         with self._cond:
-            new_parts = [x for x in (new.batcher, new.template_index)
-                         if x is not None and x is not old.batcher and x is not old.template_index]
+            new_parts = [x for x in _parts(new)
+                         if x is not None and not any(x is o for o in _parts(old))]
             self._owned += new_parts  # loaded by the app: closed by it
             self.state.pipeline = new
             self._retiring.append(old)
@@ -396,9 +402,9 @@ class Reloader:
                 self._cond.wait(left)
             self._retiring.remove(old)
             live = [self.state.pipeline, *self._retiring]
-            close = [x for x in (old.batcher, old.template_index)
+            close = [x for x in _parts(old)
                      if x is not None and any(x is o for o in self._owned)
-                     and not any(x is p.batcher or x is p.template_index for p in live)]
+                     and not any(x is o for p in live for o in _parts(p))]
             self._owned = [o for o in self._owned if not any(o is x for x in close)]
         for part in close:
             part.close()

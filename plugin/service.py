@@ -37,13 +37,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from indexers.errors import IndexStoreError
-from rewriters.errors import QueryTooLongError, UdrlError
-
 from .api_models import (ReadyResponse, RewriteRequest, RewriteResponse, SearchRequest,
                          SearchResponse, document_errors, error_response, error_responses)
 from .config import Settings, get_settings
-from .errors import QueueFullError
+from .errors import UDRL_ERRORS, error_code, http_headers, http_status
 from .limits import RECEIVED_AT, RequestLimits, key_matches
 from .logs import udrl_version
 from .pipeline import Pipeline
@@ -212,21 +209,12 @@ def create_app(pipeline: Pipeline | None = None, own: bool = False) -> FastAPI:
         return refuse(request, exc.status_code, codes.get(exc.status_code, "http_error"),
                       str(exc.detail), getattr(exc, "headers", None))
 
-    @app.exception_handler(IndexStoreError)
-    async def _index_down(request: Request, exc: IndexStoreError):
-        return refuse(request, 503, "index_unavailable", str(exc))
+    async def _refused(request: Request, exc: Exception):  # statuses: plugin.errors' table
+        return refuse(request, http_status(exc), error_code(exc), str(exc),
+                      http_headers(exc) or None)
 
-    @app.exception_handler(UdrlError)
-    async def _bad_value(request: Request, exc: UdrlError):
-        return refuse(request, 400, "bad_request", str(exc))
-
-    @app.exception_handler(QueryTooLongError)
-    async def _too_long(request: Request, exc: QueryTooLongError):
-        return refuse(request, 400, "query_too_long", str(exc))
-
-    @app.exception_handler(QueueFullError)
-    async def _queue_full(request: Request, exc: QueueFullError):
-        return refuse(request, 503, "queue_full", str(exc), {"Retry-After": "1"})
+    for family in UDRL_ERRORS:
+        app.add_exception_handler(family, _refused)
 
     refused = error_responses(400, 401, 413, 422, 503)
 

@@ -1,6 +1,7 @@
 """Errors raised by the rewriter package.
 
-Hierarchy (``plugin`` and ``indexers`` extend it, never the other way round)::
+Hierarchy (``plugin`` extends it; ``indexers`` has a root of its own, ``IndexerError``, and
+``plugin.errors`` maps both families to exit and HTTP statuses)::
 
     UdrlError
     ├── ConfigError     bad option or value given by the caller (unknown task, length out of range)

@@ -1,9 +1,10 @@
 """File modes of what the project writes: readable by other users, as the umask allows.
 
 Temporary files made for atomic writes (``tempfile.mkstemp``: 0600, ``mkdtemp``: 0700) and
-files some libraries write the same way (safetensors weights, tantivy's ``meta.json``) would
-otherwise keep owner-only modes after the rename, and a service running as another user (the
-container's non-root user reading a bind-mounted workspace) could not open them. Everything
+files some libraries write the same way (safetensors weights) would otherwise keep owner-only
+modes after the rename, and a service running as another user (the container's non-root user
+reading a bind-mounted workspace) could not open them. (The index package gives whole index
+versions the same modes with ``indexers.files.share_tree``.) Everything
 written gets the mode a plain ``open()`` or ``mkdir()`` would have given it: 0666 / 0777 less
 the process umask (0644 / 0755 with the usual 022; a umask of 077 keeps files private).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["dir_mode", "file_mode", "share", "share_tree"]
+__all__ = ["dir_mode", "file_mode", "share"]
 
 
 def _umask() -> int:
@@ -42,20 +43,3 @@ def share(path: str | os.PathLike[str]) -> None:
     """Give ``path`` (a file or a folder, not what is inside) its umask mode."""
     p = Path(path)
     os.chmod(p, dir_mode() if p.is_dir() else file_mode())
-
-
-def share_tree(root: str | os.PathLike[str]) -> None:
-    """``share`` ``root`` and everything below it (symlinks are left alone)."""
-    root = Path(root)
-    fmode, dmode = file_mode(), dir_mode()
-    if not root.is_dir():
-        os.chmod(root, fmode)
-        return
-    os.chmod(root, dmode)
-    for base, dirs, files in os.walk(root):
-        for name in dirs:
-            if not os.path.islink(os.path.join(base, name)):
-                os.chmod(os.path.join(base, name), dmode)
-        for name in files:
-            if not os.path.islink(os.path.join(base, name)):
-                os.chmod(os.path.join(base, name), fmode)

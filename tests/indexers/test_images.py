@@ -231,7 +231,7 @@ def test_long_text_is_truncated_not_an_error(tiny_encoder):
 
 
 def test_missing_checkpoint_is_a_model_error(tmp_path):
-    from rewriters.errors import ModelError
+    from indexers.errors import ModelError
 
     with pytest.raises(ModelError, match="does not exist"):
         ClipEncoder("udrl-tiny-clip", pretrained=str(tmp_path / "nope.safetensors"))
