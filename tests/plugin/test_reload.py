@@ -280,6 +280,19 @@ def test_the_watch_takes_pointers_at_once_and_files_once_they_settle(serve):
     assert app.state.pipeline.model_version == "fake-v2"
 
 
+def test_a_replaced_engine_is_closed_once_no_pipeline_uses_it(serve):
+    _, app = serve()
+    reloader, settings = app.state.reloader, app.state.pipeline.settings
+    old = app.state.pipeline.rewriter
+    reloader.engine_loader = lambda s, t: fake_engine("fake-v2")
+    write_rewriter(settings, "fake-v2")
+    assert reloader.reload("api").components["rewriter"].result == "ok"
+    for t in list(reloader._threads):  # the retire thread: no request holds the old pipeline
+        t.join(10)
+    assert getattr(old, "closed", False)
+    assert not getattr(app.state.pipeline.rewriter, "closed", False)
+
+
 def test_the_watch_thread_started_with_the_app_follows_publishes(serve):
     client, app = serve(reload_interval_s=0.1)
     settings = app.state.pipeline.settings
