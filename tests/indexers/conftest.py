@@ -92,3 +92,36 @@ def image_catalog(tmp_path_factory) -> Path:
 def image_manifest(image_catalog) -> Path:
     """The JSONL manifest of the generated catalogue (40 good lines, 6 bad ones)."""
     return image_catalog / "manifest.jsonl"
+
+
+@pytest.fixture()
+def live_settings():
+    """Settings for the live cluster of the ``elasticsearch`` tests (``UDRL_ES_URL`` and its
+    credentials, see ``test_templates_live``) under a fresh random alias; the indices made under
+    it are deleted afterwards."""
+    import os
+    import uuid
+
+    from indexers.es_index import EsSettings, connect
+
+    user, password = os.environ.get("UDRL_ES_USERNAME"), os.environ.get("UDRL_ES_PASSWORD")
+    s = EsSettings(
+        hosts=os.environ["UDRL_ES_URL"],
+        api_key=os.environ.get("UDRL_ES_API_KEY") or None,
+        basic_auth=(user, password) if user and password else None,
+        ca_certs=os.environ.get("UDRL_ES_CA_CERTS") or None,
+        verify_certs=os.environ.get("UDRL_ES_VERIFY_CERTS", "true").lower() not in
+        ("false", "0", "no"),
+        alias=f"udrl-test-{uuid.uuid4().hex[:8]}",
+        bulk_chunk_size=200,
+        request_timeout=30,
+    )
+    yield s
+    es = connect(s)
+    try:  # by name: wildcard deletes are refused by default (action.destructive_requires_name)
+        for name in es.indices.get(
+            index=f"{s.alias}-v*", allow_no_indices=True, ignore_unavailable=True
+        ):
+            es.indices.delete(index=name)
+    finally:
+        es.close()

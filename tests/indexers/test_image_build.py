@@ -14,33 +14,12 @@ from indexers.image_build import build_image_index, merge_image_shards, shard_of
 from indexers.images import ImageIndexConfig, load_image_index
 from indexers.store import IndexStore
 
+from .build_fakes import Killed, Wrapped
 from .conftest import N_GOOD
 
 CFG = ImageIndexConfig(
     model_name="udrl-tiny-clip", pretrained=None, index_type="flat", batch_size=8
 )
-
-
-class Killed(Exception):
-    """Stands in for SIGKILL/Ctrl-C in the middle of a build."""
-
-
-class Wrapped:
-    """Delegates to a real encoder, counts images, and dies before batch ``die_at`` (0-based)."""
-
-    def __init__(self, enc, die_at: int | None = None, name: str | None = None):
-        self.enc, self.die_at, self.batches, self.images = enc, die_at, 0, 0
-        self.name, self.dim = name or enc.name, enc.dim
-
-    def preprocess(self, image):
-        return self.enc.preprocess(image)
-
-    def encode_pixels(self, pixels):
-        if self.die_at is not None and self.batches >= self.die_at:
-            raise Killed
-        self.batches += 1
-        self.images += len(pixels)
-        return self.enc.encode_pixels(pixels)
 
 
 def good_paths(manifest, scratch):

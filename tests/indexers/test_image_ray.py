@@ -20,8 +20,8 @@ from indexers.image_ray import RayEncodeConfig, RayRunner, _EncodeActor, ray_ava
 from indexers.images import ImageIndexConfig, load_image_index
 from indexers.store import IndexStore
 
+from .build_fakes import Killed
 from .conftest import N_GOOD
-from .test_image_build import Killed
 
 CFG = ImageIndexConfig(model_name=TINY_CLIP_NAME, pretrained=None, index_type="flat",
                        batch_size=8)

@@ -17,8 +17,8 @@ from indexers.images import ImageIndexConfig, load_image_index
 from indexers.publish import PublishPolicy
 from indexers.store import IndexStore
 
+from .build_fakes import Killed, Wrapped
 from .conftest import N_GOOD, image_rel, make_image
-from .test_image_build import Killed, Wrapped
 
 CFG = ImageIndexConfig(model_name="udrl-tiny-clip", pretrained=None, index_type="flat",
                        batch_size=8)

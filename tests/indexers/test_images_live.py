@@ -23,8 +23,12 @@ from indexers.images import ImageIndex, ImageIndexConfig
 from indexers.publish import rollback_images
 
 from .template_fixtures import make_templates
-from .test_templates_es import TextRandEncoder
-from .test_templates_live import settings  # noqa: F401  (the cluster fixture, fresh alias)
+from .text_fakes import TextRandEncoder
+
+
+@pytest.fixture()
+def settings(live_settings):  # the cluster fixture (tests/indexers/conftest.py)
+    return live_settings
 
 pytestmark = [
     pytest.mark.elasticsearch,

@@ -30,8 +30,8 @@ from indexers.store import IndexStore
 from indexers.templates import open_template_index
 
 from .bad_catalogues import BAD_CATALOGUES, write_bad, write_jsonl
+from .build_fakes import Wrapped
 from .template_fixtures import make_templates
-from .test_image_build import Wrapped
 
 pytestmark = pytest.mark.reliability
 

@@ -18,6 +18,7 @@ from indexers.templates import TemplateIndexConfig, build_template_index, open_t
 
 from .es_double import EsDouble
 from .template_fixtures import brute_force, make_templates
+from .text_fakes import TextRandEncoder
 
 N = 317  # 317 records in chunks of 100 -> 4 bulk requests (100, 100, 100, 17)
 ALIAS = "tpl"
@@ -380,22 +381,6 @@ EXPANSIONS = {
     "nope": ["ghost query"],
 }
 LOGGED = {"zanzibar wedding", "island vows", "lagoon brunch"}
-
-
-class TextRandEncoder:
-    """A seeded random unit vector per distinct text: equal texts embed equal, others nearly
-    orthogonal (no ties), so the nearest row of a query is the row with its exact text."""
-
-    def __init__(self, dim: int = 24):
-        self.name, self.dim = f"text-rand-{dim}", dim
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), np.float32)
-        for i, t in enumerate(texts):
-            seed = int(hashlib.md5(t.encode()).hexdigest()[:16], 16)
-            v = np.random.default_rng(seed).standard_normal(self.dim)
-            out[i] = v / np.linalg.norm(v)
-        return out
 
 
 def test_logged_queries_land_in_queries_and_make_a_template_findable(es, settings, catalog):

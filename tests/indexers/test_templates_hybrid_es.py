@@ -15,7 +15,7 @@ from indexers.templates import TemplateHit
 
 from .es_double import EsDouble
 from .template_fixtures import make_templates
-from .test_templates_es import TextRandEncoder
+from .text_fakes import TextRandEncoder
 
 ALIAS = "tpl"
 QUERIES = ["modern poster", "island vows", "lagoon brunch", "festival music"]

@@ -11,16 +11,15 @@ under a fresh random alias and deletes the indices it created.
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import replace
 
 import pytest
 
 from indexers.es_dense import MIN_NESTED_KNN
-from indexers.es_index import EsSettings, build_es_index, connect, open_es_index
+from indexers.es_index import build_es_index, connect, open_es_index
 
 from .template_fixtures import brute_force, make_templates
-from .test_templates_es import TextRandEncoder
+from .text_fakes import TextRandEncoder
 
 pytestmark = [
     pytest.mark.elasticsearch,
@@ -29,28 +28,8 @@ pytestmark = [
 
 
 @pytest.fixture()
-def settings():
-    user, password = os.environ.get("UDRL_ES_USERNAME"), os.environ.get("UDRL_ES_PASSWORD")
-    s = EsSettings(
-        hosts=os.environ["UDRL_ES_URL"],
-        api_key=os.environ.get("UDRL_ES_API_KEY") or None,
-        basic_auth=(user, password) if user and password else None,
-        ca_certs=os.environ.get("UDRL_ES_CA_CERTS") or None,
-        verify_certs=os.environ.get("UDRL_ES_VERIFY_CERTS", "true").lower() not in
-        ("false", "0", "no"),
-        alias=f"udrl-test-{uuid.uuid4().hex[:8]}",
-        bulk_chunk_size=200,
-        request_timeout=30,
-    )
-    yield s
-    es = connect(s)
-    try:  # by name: wildcard deletes are refused by default (action.destructive_requires_name)
-        for name in es.indices.get(
-            index=f"{s.alias}-v*", allow_no_indices=True, ignore_unavailable=True
-        ):
-            es.indices.delete(index=name)
-    finally:
-        es.close()
+def settings(live_settings):  # the cluster fixture (tests/indexers/conftest.py)
+    return live_settings
 
 
 @pytest.fixture(scope="module")

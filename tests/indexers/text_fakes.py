@@ -5,6 +5,8 @@ and the dense channel's brute-force reference.
 ``dim``), L2-normalised, float32: two texts sharing no word have cosine 0 unless two of their
 words collide in a bucket (``collides`` lets a test check it has none), and a text equals
 itself. ``calls`` records every batch, so tests can check what was encoded.
+``TextRandEncoder`` gives each distinct text a seeded random unit vector instead: equal
+texts embed equal, others nearly orthogonal.
 
 ``brute_scores`` is the score ``indexers.dense`` documents, in float64::
 
@@ -21,7 +23,8 @@ import re
 
 import numpy as np
 
-__all__ = ["WordEncoder", "brute_scores", "brute_top", "bucket", "dense_rows"]
+__all__ = ["TextRandEncoder", "WordEncoder", "brute_scores", "brute_top", "bucket",
+           "dense_rows"]
 
 _WORD = re.compile(r"[^\W_]+")
 
@@ -59,6 +62,22 @@ class WordEncoder:
         b = bucket(word, self.dim)
         return any(bucket(w, self.dim) == b for t in others for w in _WORD.findall(t.casefold())
                    if w != word.casefold())
+
+
+class TextRandEncoder:
+    """A seeded random unit vector per distinct text: equal texts embed equal, others nearly
+    orthogonal (no ties), so the nearest row of a query is the row with its exact text."""
+
+    def __init__(self, dim: int = 24):
+        self.name, self.dim = f"text-rand-{dim}", dim
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), np.float32)
+        for i, t in enumerate(texts):
+            seed = int(hashlib.md5(t.encode()).hexdigest()[:16], 16)
+            v = np.random.default_rng(seed).standard_normal(self.dim)
+            out[i] = v / np.linalg.norm(v)
+        return out
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -6,11 +6,11 @@ import asyncio
 import json
 import socket
 import threading
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import pairwise
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -166,7 +166,8 @@ class Reply:
     status: int = 200
     body: str | dict = ""
     headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
+    hold: threading.Event | None = None  # answer only once set (or after HOLD_MAX_S)
+    sent: threading.Event = field(default_factory=threading.Event)  # set once answered
 
 
 def chat(content: str) -> dict:
@@ -183,6 +184,9 @@ def good(requests, intent="image", fence=False) -> Reply:
     return Reply(body=chat(content))
 
 
+HOLD_MAX_S = 10.0  # a held reply is sent after this long even if the test never releases it
+
+
 class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -191,7 +195,8 @@ class _Handler(BaseHTTPRequestHandler):
             srv.seen.append({"path": self.path, "auth": self.headers.get("Authorization"),
                              "body": json.loads(raw)})
             reply = srv.script.pop(0) if len(srv.script) > 1 else srv.script[0]
-        time.sleep(reply.delay_s)
+        if reply.hold is not None:
+            reply.hold.wait(HOLD_MAX_S)
         data = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
         try:
             self.send_response(reply.status)
@@ -203,6 +208,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data.encode())
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout test)
+        reply.sent.set()
 
     def log_message(self, *args):
         pass
@@ -316,12 +322,17 @@ def test_openai_retries_5xx(server):
     assert len(server.seen) == 3
 
 
-def test_openai_honours_retry_after_on_429(server):
+def test_openai_honours_retry_after_on_429(server, monkeypatch):
     server.script = [Reply(status=429, body="slow down", headers={"Retry-After": "0.4"}),
                      good(REQUESTS)]
-    start = time.monotonic()
+    waits = []
+
+    async def sleep(seconds):  # records the wait instead of taking it
+        waits.append(seconds)
+
+    monkeypatch.setattr(teachers, "asyncio", SimpleNamespace(sleep=sleep))
     ask(server.url, backoff_s=0.001)
-    assert time.monotonic() - start >= 0.4  # waited for the server, not the tiny backoff
+    assert waits == [0.4]  # the server's Retry-After, not the tiny backoff
     assert len(server.seen) == 2
 
 
@@ -340,11 +351,16 @@ def test_openai_4xx_fails_at_once(server):
 
 
 def test_openai_retries_a_slow_reply(server):
-    server.script = [Reply(delay_s=1.5, body=chat("late")), good(REQUESTS)]
-    start = time.monotonic()
-    reply = ask(server.url, timeout_s=0.3)
+    release = threading.Event()
+    slow = Reply(hold=release, body=chat("late"))  # answered only once the test releases it
+    server.script = [slow, good(REQUESTS)]
+    try:
+        reply = ask(server.url, timeout_s=0.3)
+        answered_first = slow.sent.is_set()
+    finally:
+        release.set()
     assert len(reply.prompts) == 3 and len(server.seen) == 2
-    assert time.monotonic() - start < 1.4  # did not wait for the slow reply
+    assert not answered_first  # the teacher gave up on the held reply and took the retry's
 
 
 def test_openai_connection_refused_is_teacher_error():

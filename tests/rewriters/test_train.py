@@ -12,12 +12,29 @@ from tests.conftest import make_examples
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained_and_rows(tmp_path_factory):
+    """One training run, and every example it encoded as a training row (distilled or
+    explored), recorded by wrapping ``rewriters.train.encode_example``."""
+    import rewriters.train as train_module
+
     cfg = TrainConfig(model=MODEL_PRESETS["tiny"], steps=40, batch_size=8, eval_commands=20,
                       rounds=1, round_steps=10, explore_per_round=24, warmup_steps=5)
     out = tmp_path_factory.mktemp("trained")
-    result = train_rewriter(make_examples(80), LexicalScorer(), out, cfg, progress=False)
-    return result, cfg
+    rows, encode = [], train_module.encode_example
+
+    def recording(rewriter, ex):
+        rows.append(ex)
+        return encode(rewriter, ex)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_module, "encode_example", recording)
+        result = train_rewriter(make_examples(80), LexicalScorer(), out, cfg, progress=False)
+    return result, cfg, rows
+
+
+@pytest.fixture(scope="module")
+def trained(trained_and_rows):
+    return trained_and_rows[:2]
 
 
 def test_model_directory_is_self_contained(trained):
@@ -61,10 +78,14 @@ def test_trained_model_loads_and_obeys_strict_length(trained):
     assert [o.words for o in outs] == [9, 9, 9]
 
 
-def test_heldout_queries_are_unseen(trained):
-    result, _ = trained
+def test_heldout_queries_are_unseen(trained_and_rows):
+    result, _, rows = trained_and_rows
     held = {e.query for e in read_examples(result.model_dir / "heldout.jsonl").examples}
-    assert held and len(held) == 8  # 10% of 80 queries
+    assert len(held) == 8  # 10% of 80 queries
+    trained_on = {e.query for e in rows}
+    explored = {e.query for e in read_examples(result.model_dir / "udrl_explored.jsonl").examples}
+    assert len(trained_on) == 72 and explored <= trained_on  # the other 90%, and only those
+    assert not held & trained_on, f"held-out queries were trained on: {held & trained_on}"
 
 
 def test_too_little_data_and_bad_config():
