@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 
+from plugin.rewrite import PromptOutcome
 from rewriters.commands import Command, count_words
 from rewriters.engines import Rewrite
 from rewriters.engines.budget import check_fit
@@ -77,3 +78,10 @@ class HashEncoder:
 
 def command(task="image", length=5, relevance=4) -> Command:
     return Command(task, length, relevance)
+
+
+def outcome(prompt: str, path: str = "rewrite", task: str = "template") -> PromptOutcome:
+    """A prompt outcome for ``task`` as the model wrote it (command length 5, relevance 4)."""
+    return PromptOutcome(task=task, command={"task": task, "length": 5, "relevance": 4},
+                         prompt=prompt, words=len(prompt.split()), path=path, source="model",
+                         attempts=1, rejected=[], reason=None, alternatives=[])

@@ -16,11 +16,10 @@ from indexers.images import ImageIndex
 from indexers.templates import build_template_index, open_template_index
 from plugin.channels import MIN_DEPTH, MODES, search_images, search_templates
 from plugin.fusion import FusionWeights, fuse_channels
-from plugin.rewrite import PromptOutcome
 
 from ..indexers.template_fixtures import make_templates
 from ..indexers.text_fakes import WordEncoder
-from .fakes import HashEncoder
+from .fakes import HashEncoder, outcome
 
 K = 10
 QUERY = "modern coffee"
@@ -55,11 +54,6 @@ def bm25_index(tmp_path_factory, catalog):
     ix = open_template_index("tantivy", root=root)
     yield ix
     ix.close()
-
-
-def outcome(prompt: str, path: str = "rewrite", task: str = "template") -> PromptOutcome:
-    return PromptOutcome(task, {"task": task, "length": 5, "relevance": 4}, prompt,
-                         len(prompt.split()), path)
 
 
 def run(index, mode, prompt=ON_TOPIC, path="rewrite", weights=None, encoder=None,

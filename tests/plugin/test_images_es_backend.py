@@ -17,8 +17,7 @@ from plugin.hook import open_indexes
 from rewriters.errors import ConfigError
 
 from .conftest import settings_for
-from .fakes import HashEncoder
-from .test_channels import outcome
+from .fakes import HashEncoder, outcome
 
 
 def es_workspace(tmp_path, es, **index):
