@@ -24,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repo root importable
 
 import tantivy
 
-from indexers.templates import build_template_index, open_template_index
+from indexers.template_backends import build_template_index, open_template_index
 from tests.indexers.template_fixtures import TAGS, VOCAB, make_templates
 
 __all__ = ["run"]

@@ -3,19 +3,23 @@
 Public modules (import the one you need; importing the package itself loads none of them, so
 ``import indexers`` stays cheap and never pulls in torch, faiss or a search client)::
 
-    errors             UdrlError hierarchy of the package
+    errors             IndexerError hierarchy of the package (a root of its own)
+    files              share_tree: a finished version readable as the umask allows
     store              IndexStore: versioned directories with an atomic CURRENT pointer
     catalog_images     image catalogues (folder or JSONL manifest) -> ImageRecord + rejects
     encoders           ClipEncoder (open_clip), the tiny test CLIP
     images             ImageIndex over FAISS, ImageIndexConfig, load_image_index
     image_build        build_image_index (resumable, sharded), merge_image_shards
     image_resume       the commit log of an image build; what a resumed build may reuse
-    image_encode       the per-batch encode functions and the runners (local, ray)
+    image_encode       the per-batch encode functions, the runner interface, the local runner
     image_ray          RayRunner: a build's batches on a pool of Ray encoder actors
-    image_backends     the image index interface, open_image_index by backend name
+    image_runners      the encode runners by name (local, ray): make_runner
+    image_search       the image index interface (ImageSearchIndex) and its Hit
+    image_backends     the image backends by name: open_image_index
     publish            publish checks (count drop, reject rate) and rollback
     catalog_templates  template catalogues (JSONL / CSV) -> TemplateRecord + rejects
-    templates          TemplateIndex interface, build/open_template_index by backend name
+    templates          the TemplateIndex interface and the types its backends share
+    template_backends  the template backends by name: build/open_template_index
     tantivy_index      the embedded template backend
     es_schema          EsSettings, connect, Elasticsearch mapping and search body
     es_index           the Elasticsearch template backend (search)
@@ -46,17 +50,21 @@ __all__ = [
     "es_images",
     "es_index",
     "es_schema",
+    "files",
     "image_backends",
     "image_build",
     "image_encode",
     "image_ray",
     "image_resume",
+    "image_runners",
+    "image_search",
     "images",
     "publish",
     "query_log",
     "reindex",
     "store",
     "tantivy_index",
+    "template_backends",
     "template_reindex",
     "templates",
 ]

@@ -13,7 +13,7 @@ document per image (``dynamic: strict``)::
                             value a keyword, any depth
 
 A hit returns ``metadata`` as indexed (``_source``, the vector left out), so it has the FAISS
-backend's shape: ``images.Hit(id, score, metadata)`` with ``score`` the cosine.
+backend's shape: ``image_search.Hit(id, score, metadata)`` with ``score`` the cosine.
 
 Filters (``images.matches_filters``) become kNN ``filter`` clauses, applied while searching
 the graph (pre-filtering: k hits that pass them, not k hits then filtered): ``{key: value}``
@@ -42,7 +42,7 @@ from .errors import ConfigError, EncoderMismatchError, IndexStoreError
 from .es_build import _alias_targets, _udrl_meta
 from .es_features import EsFeatures, read_features
 from .es_schema import EsSettings, connect
-from .images import Hit
+from .image_search import Hit
 
 __all__ = [
     "ES_INDEX_TYPES",

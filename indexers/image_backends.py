@@ -1,4 +1,4 @@
-"""The image index plug-in point: one interface, backends looked up by name.
+"""The image index backends by name: one registry, and opening the live index through it.
 
 ::
 
@@ -8,55 +8,22 @@
                              encoder_name=clip.name, dim=clip.dim)
     hits = index.search(clip.encode_texts(["red bicycle"]), k=10, filters={"license": "cc0"})
 
-Both return ``images.Hit(id, score = cosine, metadata)`` lists best first for the same
-vectors, so the pipeline's channels use either unchanged. Builders: ``image_build`` (FAISS
-store versions) and ``es_image_build`` (an index per build behind an alias); rollback:
-``publish.rollback_images``.
+Both serve the interface in ``image_search`` (``ImageSearchIndex``, returning
+``Hit(id, score = cosine, metadata)`` lists best first for the same vectors), so the pipeline's
+channels use either unchanged; this module is the only one that knows every backend, and it
+imports each lazily. Builders: ``image_build`` (FAISS store versions) and ``es_image_build`` (an
+index per build behind an alias); rollback: ``publish.rollback_images``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
-
-import numpy as np
+from collections.abc import Callable
+from typing import Any
 
 from .errors import ConfigError
+from .image_search import ImageSearchIndex
 
 __all__ = ["IMAGE_BACKENDS", "ImageSearchIndex", "open_image_index"]
-
-
-@runtime_checkable
-class ImageSearchIndex(Protocol):
-    """What the pipeline, the offline evaluation and grounding use of an image index."""
-
-    meta: dict[str, Any]  # build facts: encoder, dim, count, source (the catalogue) ...
-    has_dense: bool  # has the text (MiniLM) channel over titles (``image_text``)
-
-    @property
-    def version(self) -> str | None:
-        """The version served: a store version directory or a concrete index name."""
-
-    @property
-    def ids(self) -> list[str]:
-        """Every image id."""
-
-    @property
-    def metadata(self) -> list[dict[str, Any]]:
-        """Every image's metadata, in ``ids`` order."""
-
-    def __len__(self) -> int: ...
-
-    def search(self, query_vecs: np.ndarray, k: int = 10,
-               filters: dict[str, Any] | None = None) -> list[list[Any]]:
-        """Top-k ``images.Hit`` per (Q, D) query vector, best first (see ``ImageIndex``)."""
-
-    def search_text(self, texts: Sequence[str], encoder: Any, k: int = 10,
-                    filters: dict[str, Any] | None = None) -> list[list[Any]]:
-        """Encode with the index's CLIP encoder, then ``search``."""
-
-    def logged_queries(self) -> set[str]:
-        """Normalised logged queries its text channel was expanded with."""
 
 
 def _open_faiss(root, encoder_name: str | None = None, dim: int | None = None):

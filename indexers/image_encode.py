@@ -8,27 +8,25 @@ Every image build turns records into vectors through the same two per-batch func
 
 A runner decides where those run and hands each finished batch to the build's ``commit``
 callback, which stores it durably (``image_resume.commit_chunk``) before the next counts.
-Runners are looked up by name in ``RUNNERS``:
-
-    local   this process: decode of batch b+1 in a loader thread overlaps encode of batch b
-    ray     a pool of encoder actors on a Ray cluster (``image_ray.RayRunner``; needs Ray)
+This module holds the runner interface (``EncodeRunner``) and the ``local`` runner; the runners
+are looked up by name in ``image_runners.RUNNERS``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 import torch
 
 from .catalog_images import ImageRecord, open_image
 from .encoders import ImageEncoder
-from .errors import ConfigError, DataError, ModelError
+from .errors import DataError, ModelError
 
-__all__ = ["RUNNERS", "Commit", "EncodeRunner", "EncodedBatch", "LocalRunner", "encode_batch",
-           "encode_prepared", "make_runner", "prepare_batch"]
+__all__ = ["Commit", "EncodeRunner", "EncodedBatch", "LocalRunner", "encode_batch",
+           "encode_prepared", "prepare_batch"]
 
 # commit(ids, vectors (B, D) float32, reject rows, records handled): store one finished batch
 Commit = Callable[[list[str], np.ndarray, list[dict], int], None]
@@ -115,23 +113,3 @@ class LocalRunner:
                 if nxt is not None:
                     nxt.cancel()
 
-
-def _ray_runner(**options: Any) -> EncodeRunner:
-    from .image_ray import RayRunner  # imports Ray: load on use
-
-    return RayRunner(**options)
-
-
-RUNNERS: dict[str, Callable[..., EncodeRunner]] = {
-    "local": lambda **options: LocalRunner(**options),
-    "ray": _ray_runner,
-}
-
-
-def make_runner(name: str, **options: Any) -> EncodeRunner:
-    """The runner registered as ``name``, built with ``options`` (see each runner's class)."""
-    try:
-        factory = RUNNERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown encode runner {name!r}; allowed: {', '.join(RUNNERS)}") from None
-    return factory(**options)

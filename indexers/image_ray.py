@@ -1,6 +1,6 @@
 """Encode an image build's batches on a Ray cluster: a pool of CLIP encoder actors.
 
-``RayRunner`` is the ``ray`` entry of ``image_encode.RUNNERS``. The build itself stays in the
+``RayRunner`` is the ``ray`` entry of ``image_runners.RUNNERS``. The build itself stays in the
 driver (``build_image_index``): it reads and checks the catalogue, picks the records still to
 encode (resume), and commits every finished batch to the version's commit log, so a stopped Ray
 build resumes exactly like a local one, with the same rejects file and report. What Ray spreads

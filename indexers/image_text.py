@@ -23,6 +23,7 @@ import numpy as np
 
 from .dense import DenseIndex
 from .errors import EncoderMismatchError
+from .image_search import Hit
 from .query_log import normalize_query
 from .templates import TextEncoder
 
@@ -106,8 +107,6 @@ def search_image_text(index, vectors: np.ndarray, k: int,
         vectors: (Q, dim) query embeddings from the channel's encoder.
         filters: the image filters (see ``images.matches_filters``).
     """
-    from .images import Hit
-
     pos = {i: r for r, i in enumerate(index.ids)}
     allow = None
     if filters:

@@ -30,7 +30,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import faiss
 import numpy as np
@@ -38,6 +38,7 @@ import numpy as np
 from .dense import DenseIndex
 from .errors import ConfigError, EncoderMismatchError, IndexStoreError
 from .image_filters import matches_filters
+from .image_search import Hit
 from .store import IndexStore
 
 __all__ = ["AUTO_FLAT_MAX", "INDEX_TYPES", "Hit", "ImageIndex", "ImageIndexConfig",
@@ -91,14 +92,6 @@ class ImageIndexConfig:
         if not (n >= 1 and 0 <= i < n):
             raise ConfigError(f"shard {self.shard!r} needs 0 <= i < n")
         return i, n
-
-
-class Hit(NamedTuple):
-    """One search result; ``score`` is the cosine similarity (inner product of unit vectors)."""
-
-    id: str
-    score: float
-    metadata: dict[str, Any]
 
 
 def content_checksum(ids: Sequence[str], vectors: np.ndarray) -> str:

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tqdm.auto import tqdm
 
@@ -38,7 +38,6 @@ from .templates import TextEncoder
 
 if TYPE_CHECKING:
     from .encoders import ImageEncoder
-    from .template_reindex import TemplateReindexConfig
 
 __all__ = [
     "ImageReindexConfig",
@@ -246,7 +245,7 @@ def _runner(cfg: ImageReindexConfig, index_cfg: ImageIndexConfig):
     if cfg.ray_address is None:
         return None
     from .image_build import encoder_from_config
-    from .image_encode import make_runner
+    from .image_runners import make_runner
     from .image_ray import RayEncodeConfig, ray_available
 
     if not ray_available():
@@ -310,7 +309,16 @@ def merge_images(
     return out
 
 
-def _read_log(cfg: TemplateReindexConfig | ImageReindexConfig,
+class _LoggedJob(Protocol):
+    """What ``_read_log`` reads of a job's config (image or template job)."""
+
+    @property
+    def log_path(self) -> str | os.PathLike[str] | None: ...
+
+    def rejects_file(self) -> Path | None: ...
+
+
+def _read_log(cfg: _LoggedJob,
               ids: set[str] | None) -> tuple[QueryLog | None, dict[str, Any] | None]:
     """The job's query log and what it says about the catalogue (None without a log; ids None:
     the catalogue is not read yet, clicks on unknown ids are not counted)."""

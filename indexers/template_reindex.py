@@ -22,7 +22,8 @@ from .errors import ConfigError, DataError
 from .publish import DEFAULT_POLICY, PublishPolicy, check_publish, enforce, store_live_version
 from .query_log import QueryLog
 from .reindex import _note, _path, _read_log
-from .templates import BACKENDS, TextEncoder, build_template_index
+from .template_backends import BACKENDS, build_template_index
+from .templates import TextEncoder
 
 __all__ = ["TemplateReindexConfig", "reindex_templates"]
 

@@ -1,7 +1,7 @@
-"""The template index: one interface, two backends (tantivy embedded, Elasticsearch).
+"""The template index interface: what every backend (tantivy embedded, Elasticsearch) serves.
 
-Generated template prompts are searched here. ``open_template_index`` and
-``build_template_index`` pick the backend by name::
+Generated template prompts are searched here. This module holds the interface and the types the
+backends share; ``indexers.template_backends`` looks the backends up by name::
 
     build_template_index("tantivy", records, root="indexes/templates")
     index = open_template_index("tantivy", root="indexes/templates")
@@ -16,8 +16,7 @@ the given value, and every tag listed under ``tags`` must be present.
 from __future__ import annotations
 
 import abc
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, Self, runtime_checkable
 
@@ -26,20 +25,16 @@ import numpy as np
 from .errors import ConfigError
 
 __all__ = [
-    "BACKENDS",
     "BuildFailure",
     "BuildReport",
     "TemplateHit",
     "TemplateIndex",
     "TemplateIndexConfig",
     "TextEncoder",
-    "build_template_index",
     "check_query",
     "normalize_filters",
-    "open_template_index",
 ]
 
-BACKENDS = ("tantivy", "elasticsearch")
 FILTER_KEYS = ("category", "tags")
 
 
@@ -240,54 +235,3 @@ class TemplateIndex(abc.ABC):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _backend(backend: str) -> tuple[Callable[..., TemplateIndex], Callable[..., BuildReport]]:
-    # Imported lazily so that using one backend never imports the other's client library.
-    if backend == "tantivy":
-        from .tantivy_index import build_tantivy_index, open_tantivy_index
-
-        return open_tantivy_index, build_tantivy_index
-    if backend == "elasticsearch":
-        from .es_index import build_es_index, open_es_index
-
-        return open_es_index, build_es_index
-    raise ConfigError(f"unknown template index backend {backend!r}; allowed: {', '.join(BACKENDS)}")
-
-
-def _call(fn: Callable[..., Any], backend: str, *args: Any, **opts: Any) -> Any:
-    params = inspect.signature(fn).parameters
-    unknown = sorted(set(opts) - set(params))
-    if unknown:
-        allowed = [p for p in params if p != "records"]
-        raise ConfigError(
-            f"unknown option(s) {unknown} for the {backend} backend; allowed: {', '.join(allowed)}"
-        )
-    return fn(*args, **opts)
-
-
-def open_template_index(backend: str, **opts: Any) -> TemplateIndex:
-    """Open the live version of a template index.
-
-    Args:
-        backend: ``"tantivy"`` (opts: ``root``, ``config``) or ``"elasticsearch"``
-            (opts: ``settings``, ``encoder``, ``client``, ``config``).
-
-    Raises:
-        ConfigError: unknown backend or option. IndexStoreError: nothing published yet.
-    """
-    open_fn, _ = _backend(backend)
-    return _call(open_fn, backend, **opts)
-
-
-def build_template_index(backend: str, records: Sequence[Any], **opts: Any) -> BuildReport:
-    """Build a new version from ``records`` (TemplateRecord) and publish it atomically.
-
-    Args:
-        backend: ``"tantivy"`` (opts: ``root``, ``config``, ``keep_versions``) or
-            ``"elasticsearch"`` (opts: ``settings``, ``config``, ``encoder``, ``client``).
-
-    Returns:
-        The BuildReport; per-record failures are listed in it, not raised.
-    """
-    _, build_fn = _backend(backend)
-    return _call(build_fn, backend, records, **opts)

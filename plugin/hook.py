@@ -138,7 +138,7 @@ def es_settings(settings: Settings):
 
 
 def _template_side(settings: Settings, light: bool = False):
-    from indexers.templates import open_template_index
+    from indexers.template_backends import open_template_index
 
     ix = settings.index
     if ix.template_backend == "tantivy":

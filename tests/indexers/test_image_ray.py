@@ -15,7 +15,8 @@ from indexers.catalog_images import RejectLog, load_catalog
 from indexers.encoders import TINY_CLIP_NAME, ClipEncoder
 from indexers.errors import ConfigError, EncoderMismatchError
 from indexers.image_build import build_image_index
-from indexers.image_encode import encode_batch, make_runner
+from indexers.image_encode import encode_batch
+from indexers.image_runners import make_runner
 from indexers.image_ray import RayEncodeConfig, RayRunner, _EncodeActor, ray_available
 from indexers.images import ImageIndexConfig, load_image_index
 from indexers.store import IndexStore

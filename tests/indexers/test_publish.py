@@ -13,7 +13,7 @@ from indexers.es_schema import EsSettings
 from indexers.publish import PublishPolicy, check_publish, enforce, rollback_templates
 from indexers.store import IndexStore
 from indexers.template_reindex import TemplateReindexConfig, reindex_templates
-from indexers.templates import open_template_index
+from indexers.template_backends import open_template_index
 
 from .bad_catalogues import BAD_CATALOGUES, write_bad, write_jsonl
 from .es_double import EsDouble

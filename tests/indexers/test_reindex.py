@@ -20,7 +20,7 @@ from indexers.reindex import (
 )
 from indexers.store import IndexStore
 from indexers.template_reindex import TemplateReindexConfig, reindex_templates
-from indexers.templates import open_template_index
+from indexers.template_backends import open_template_index
 
 from .conftest import N_GOOD
 from .es_double import EsDouble

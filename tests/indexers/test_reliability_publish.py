@@ -27,7 +27,7 @@ from indexers.encoders import TINY_CLIP_NAME
 from indexers.images import ImageIndex, load_image_index
 from indexers.reindex import ImageReindexConfig, reindex_images
 from indexers.store import IndexStore
-from indexers.templates import open_template_index
+from indexers.template_backends import open_template_index
 
 from .bad_catalogues import BAD_CATALOGUES, write_bad, write_jsonl
 from .build_fakes import Wrapped

@@ -14,7 +14,8 @@ from indexers.errors import ConfigError, EncoderMismatchError, IndexStoreError
 from indexers.es_dense import read_logged_queries
 from indexers.es_index import EsSettings, build_es_index, connect, open_es_index
 from indexers.es_schema import _embed_text
-from indexers.templates import TemplateIndexConfig, build_template_index, open_template_index
+from indexers.template_backends import build_template_index, open_template_index
+from indexers.templates import TemplateIndexConfig
 
 from .es_double import EsDouble
 from .template_fixtures import brute_force, make_templates

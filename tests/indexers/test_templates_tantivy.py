@@ -13,7 +13,8 @@ from indexers.catalog_templates import TemplateRecord, read_templates, records_c
 from indexers.dense import DenseConfig
 from indexers.errors import ConfigError, DataError, IndexStoreError
 from indexers.store import IndexStore
-from indexers.templates import TemplateIndexConfig, build_template_index, open_template_index
+from indexers.template_backends import build_template_index, open_template_index
+from indexers.templates import TemplateIndexConfig
 
 from .template_fixtures import VOCAB, brute_force, make_templates
 from .text_fakes import WordEncoder, brute_scores, brute_top, dense_rows

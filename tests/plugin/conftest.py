@@ -41,7 +41,7 @@ def image_index():
 
 @pytest.fixture(scope="session")
 def template_index(tmp_path_factory):
-    from indexers.templates import build_template_index, open_template_index
+    from indexers.template_backends import build_template_index, open_template_index
 
     root = tmp_path_factory.mktemp("templates")
     build_template_index("tantivy", make_templates(120).records, root=root)

@@ -13,7 +13,7 @@ import pytest
 
 from indexers.errors import IndexStoreError
 from indexers.images import ImageIndex
-from indexers.templates import build_template_index, open_template_index
+from indexers.template_backends import build_template_index, open_template_index
 from plugin.channels import MIN_DEPTH, MODES, search_images, search_templates
 from plugin.fusion import FusionWeights, fuse_channels
 

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from indexers.query_log import QueryLog
-from indexers.templates import build_template_index, open_template_index
+from indexers.template_backends import build_template_index, open_template_index
 from plugin.fusion import FusionWeights, fuse_channels, term_coverage
 from plugin.grounded_jobs import is_query_log, open_grounder, pseudo_queries, read_query_source
 from plugin.grounding import IndexGrounder, image_text

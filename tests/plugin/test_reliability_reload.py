@@ -25,7 +25,7 @@ import pytest
 import uvicorn
 
 from indexers.errors import IndexStoreError
-from indexers.templates import open_template_index
+from indexers.template_backends import open_template_index
 from plugin.pipeline import Pipeline
 from plugin.service import create_app
 

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from indexers.errors import IndexStoreError
 from indexers.images import ImageIndex, load_image_index
 from indexers.store import IndexStore
-from indexers.templates import build_template_index, open_template_index
+from indexers.template_backends import build_template_index, open_template_index
 from plugin.config import get_settings
 from plugin.pipeline import Pipeline
 from plugin.published import Stamp, read_published
