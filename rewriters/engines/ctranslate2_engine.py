@@ -52,15 +52,8 @@ from ..errors import ConfigError, ModelError
 from ..model import RewriterMeta
 from .bans import NGRAM_BAN, first_extra_ban, first_missed_ban, restrict_output
 from .base import Decoding, RewriterBase
-from .export import (
-    banned_digest,
-    begin_export,
-    check_export,
-    open_export,
-    read_export,
-    write_export,
-)
-from .fallback import TorchFallback
+from .export import ExportFormat
+from .fallback import TorchFallback, torch_fallback
 
 __all__ = [
     "CT2_QUANTIZATIONS",
@@ -76,7 +69,8 @@ CT2_QUANTIZATIONS = ("int8", "int8_float32", "int8_float16", "int8_bfloat16", "i
                      "bfloat16", "float32")  # weight storage in the export
 COMPUTE_TYPES = ("default", "auto") + CT2_QUANTIZATIONS  # "default": as stored
 CT2_DIR = "ctranslate2"  # the export's folder inside the model directory
-CT2_FORMAT = 1
+CT2_EXPORT = ExportFormat("CTranslate2", CT2_DIR, 1, ("model.bin", "config.json", "vocabulary.json"),
+                          CT2_QUANTIZATIONS, "CTranslate2 conversion")
 _PAD_TOKEN = "<|udrl_pad_{}|>"  # names of embedding rows beyond the tokenizer
 
 
@@ -127,9 +121,7 @@ def ctranslate2_export_problem(model_dir: str | Path, ct2_dir: str | Path | None
     Cheap (reads two JSON files): the export must exist, be complete and have been made from
     the model version in ``udrl.json``. The banned-token digest is checked on load.
     """
-    out = Path(ct2_dir) if ct2_dir else Path(model_dir) / CT2_DIR
-    return check_export(model_dir, out, ("model.bin", "config.json", "vocabulary.json"),
-                        "CTranslate2", CT2_FORMAT)
+    return CT2_EXPORT.problem(model_dir, ct2_dir)
 
 
 
@@ -150,20 +142,12 @@ def export_ctranslate2(model_dir: str | Path, out_dir: str | Path | None = None,
     Returns:
         The export folder.
     """
-    if quantization not in CT2_QUANTIZATIONS:
-        raise ConfigError(f"unknown quantization {quantization!r}; allowed: "
-                          f"{', '.join(CT2_QUANTIZATIONS)}")
-    p, tokenizer, banned, out, info, current = begin_export(
-        model_dir, Path(out_dir) if out_dir else None, CT2_DIR, CT2_FORMAT, quantization,
-        {"ctranslate2": _ct2_version()}, force, ctranslate2_export_problem)
-    if current:
-        return out
-
-    def write(tmp: Path) -> dict[str, Any]:
+    def write(tmp: Path, p: Path, tokenizer, banned: np.ndarray, info) -> dict[str, Any]:
         _converter(p, tokenizer, banned).convert(str(tmp), quantization=quantization, force=True)
         return {}
 
-    return write_export(p, out, info, write, "CTranslate2 conversion")
+    return CT2_EXPORT.export(model_dir, out_dir, quantization, force,
+                             {"ctranslate2": _ct2_version()}, write)
 
 
 def _ct2_version() -> str:
@@ -201,13 +185,7 @@ class CTranslate2Rewriter(TorchFallback, RewriterBase):
         # Sampling: the banned rows have probability 0, so taking the top `allowed` first draws
         # from the same distribution and spares a sort of the whole vocabulary every step.
         self._sample_topk = allowed if allowed <= len(self.banned) // 4 else 0
-        if export.get("model_version") != meta.version:
-            raise ModelError(f"CTranslate2 export is of model version {export.get('model_version')}"
-                             f", not {meta.version}; re-export with `udrl export`")
-        if export.get("banned_digest") != banned_digest(self.banned):
-            raise ModelError("the CTranslate2 export bans other tokens than this model "
-                             "directory (tokenizer or output_vocab.json changed); re-export "
-                             "with `udrl export`")
+        CT2_EXPORT.check_loaded(export, meta, self.banned)
         self.countdown = self._countdown(self.banned)  # the marker grammar
         self._emittable = frozenset(np.flatnonzero(~self.banned).tolist())
         self._markers = None  # (V,) bool: length markers, left out of the 3-gram ban
@@ -351,8 +329,6 @@ def load_ctranslate2_rewriter(path: str | Path, compute_type: str = "default",
     """
     import ctranslate2
 
-    from .torch_engine import load_rewriter
-
     if compute_type not in COMPUTE_TYPES:
         raise ConfigError(f"unknown compute_type {compute_type!r}; allowed: "
                           f"{', '.join(COMPUTE_TYPES)}")
@@ -360,9 +336,8 @@ def load_ctranslate2_rewriter(path: str | Path, compute_type: str = "default",
         raise ConfigError(f"intra_threads {intra_threads} must be >= 0 and inter_threads "
                           f"{inter_threads} >= 1")
     kind, index = _device_index(device)
-    p, meta, tokenizer, output_vocab, out = open_export(
-        path, ctranslate2_export_problem, CT2_DIR,
-        "rewriters.engines.ctranslate2_engine.export_ctranslate2")
+    p, meta, tokenizer, output_vocab, out, export = CT2_EXPORT.open(
+        path, "rewriters.engines.ctranslate2_engine.export_ctranslate2")
     try:
         generator = ctranslate2.Generator(str(out), device=kind, device_index=index,
                                           compute_type=compute_type,
@@ -370,6 +345,6 @@ def load_ctranslate2_rewriter(path: str | Path, compute_type: str = "default",
                                           inter_threads=inter_threads)
     except (RuntimeError, ValueError) as e:
         raise ModelError(f"cannot load the CTranslate2 model in {out}: {e}") from e
-    make = (lambda: load_rewriter(p, device=device, batch_size=batch_size)) if fallback else None
-    return CTranslate2Rewriter(generator, tokenizer, meta, output_vocab, export=read_export(out),
-                        batch_size=batch_size, fallback=make)
+    return CTranslate2Rewriter(generator, tokenizer, meta, output_vocab, export=export,
+                               batch_size=batch_size,
+                               fallback=torch_fallback(p, fallback, device, batch_size))

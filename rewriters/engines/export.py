@@ -5,12 +5,15 @@ an ``udrl_export.json`` beside its files: the export format, the model version i
 from, its quantization and a digest of the banned token ids (the bans are baked into the
 exported output layer, so a model directory whose bans changed must refuse the export).
 
-* :func:`check_export` says, cheaply (two JSON files), why an export cannot serve a model;
-* :func:`begin_export` reads the model directory, computes its bans and the description, and
-  decides whether an existing export is current (then kept) or in the way;
-* :func:`write_export` writes into a temporary folder and renames it into place, so a failed
-  export leaves no debris and the previous export serving;
-* :func:`open_export` is the loaders' first step: the export checked, then the tokenizer read.
+Each engine describes its export once, as an :class:`ExportFormat`, and reuses its steps:
+
+* :meth:`ExportFormat.problem` says, cheaply (two JSON files), why an export cannot serve;
+* :meth:`ExportFormat.export` reads the model directory, computes its bans and the description,
+  keeps an existing export that is current, and otherwise has the engine write its files into
+  a temporary folder that is renamed into place, so a failed export leaves no debris and the
+  previous export serving;
+* :meth:`ExportFormat.open` is the loaders' first step (the export checked, then the tokenizer
+  read) and :meth:`ExportFormat.check_loaded` their last (model version and bans match).
 """
 
 from __future__ import annotations
@@ -22,18 +25,18 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..commands import END_TOKEN
-from ..errors import ModelError
+from ..errors import ConfigError, ModelError
 from ..model import RewriterMeta, read_model_dir
 from .bans import marker_token_ids, restrict_output, token_classes
 
-__all__ = ["EXPORT_INFO", "banned_digest", "model_bans", "check_export", "begin_export",
-           "write_export", "read_export", "open_export"]
+__all__ = ["EXPORT_INFO", "ExportFormat", "banned_digest", "model_bans", "read_export"]
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ def read_export(out: Path) -> dict[str, Any]:
                          "re-export with `udrl export`") from e
 
 
-def check_export(model_dir: str | Path, out: Path, files: Sequence[str], label: str,
+def _check_export(model_dir: str | Path, out: Path, files: Sequence[str], label: str,
                  export_format: int) -> str | None:
     """Why the ``label`` export in ``out`` cannot serve ``model_dir``, or None when it can.
 
@@ -89,7 +92,7 @@ def check_export(model_dir: str | Path, out: Path, files: Sequence[str], label: 
     return None
 
 
-def begin_export(model_dir: str | Path, out: Path | None, default_dir: str, export_format: int,
+def _begin_export(model_dir: str | Path, out: Path | None, default_dir: str, export_format: int,
                  quantization: str, engine: dict[str, str], force: bool,
                  problem: Callable[[Path, Path], str | None]):
     """What every export starts with: the model directory read and checked, its bans, the
@@ -126,7 +129,7 @@ def begin_export(model_dir: str | Path, out: Path | None, default_dir: str, expo
     return p, tokenizer, banned, out, info, current
 
 
-def write_export(model_dir: Path, out: Path, info: dict[str, Any],
+def _write_export(model_dir: Path, out: Path, info: dict[str, Any],
                  write: Callable[[Path], dict[str, Any]], label: str) -> Path:
     """Run ``write(tmp)`` into a fresh temporary folder, add ``udrl_export.json`` (``info`` plus
     what ``write`` returns) and move it to ``out``; a failure leaves no debris and the previous
@@ -162,16 +165,67 @@ def _install_export(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def open_export(path: str | Path, problem_of: Callable[[Path], str | None], export_dir: str,
-                exporter: str) -> tuple[Path, RewriterMeta, Any, Any, Path]:
-    """(model dir, meta, tokenizer, output_vocab, export folder) of a model dir whose export
-    ``problem_of`` finds current; ModelError naming ``udrl export`` (and ``exporter``) if not.
 
-    The export is checked first: that is cheap, loading the tokenizer is not.
-    """
-    p = Path(path)
-    problem = problem_of(p) if (p / "udrl.json").is_file() else None
-    if problem:
-        raise ModelError(f"{problem}; run `udrl export` ({exporter})")
-    p, meta, tokenizer, output_vocab, _ = read_model_dir(p)
-    return p, meta, tokenizer, output_vocab, p / export_dir
+# the files an engine's export writes: (tmp folder, model dir, tokenizer, banned (n_rows,) bool,
+# description) -> extra description fields
+WriteFiles = Callable[[Path, Path, Any, np.ndarray, dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ExportFormat:
+    """One engine's export: where it lives, what it holds, what it may store."""
+
+    label: str  # in messages: "no ONNX export in ..."
+    folder: str  # the export's folder inside the model directory (what ``auto`` looks for)
+    version: int  # the export format; another one must be re-exported
+    files: tuple[str, ...]  # what a complete export holds besides udrl_export.json
+    quantizations: tuple[str, ...]  # weight storage the engine can export
+    action: str  # the export's name in failure messages ("CTranslate2 conversion")
+
+    def problem(self, model_dir: str | Path, out: str | Path | None = None) -> str | None:
+        """Why the export in ``out`` (default: the model directory's) cannot serve
+        ``model_dir``, or None when it can. The banned-token digest is checked on load."""
+        out = Path(out) if out else Path(model_dir) / self.folder
+        return _check_export(model_dir, out, self.files, self.label, self.version)
+
+    def export(self, model_dir: str | Path, out_dir: str | Path | None, quantization: str,
+               force: bool, runtime: dict[str, str], write: WriteFiles) -> Path:
+        """Export ``model_dir`` with ``write`` (see the engines' ``export_*``); returns the
+        folder. ``runtime``: the exporting library's version, recorded in the description."""
+        if quantization not in self.quantizations:
+            raise ConfigError(f"unknown quantization {quantization!r}; allowed: "
+                              f"{', '.join(self.quantizations)}")
+        p, tokenizer, banned, out, info, current = _begin_export(
+            model_dir, Path(out_dir) if out_dir else None, self.folder, self.version,
+            quantization, runtime, force, self.problem)
+        if current:
+            return out
+        return _write_export(p, out, info, lambda tmp: write(tmp, p, tokenizer, banned, info),
+                             self.action)
+
+    def open(self, path: str | Path, exporter: str
+             ) -> tuple[Path, RewriterMeta, Any, Any, Path, dict[str, Any]]:
+        """(model dir, meta, tokenizer, output_vocab, export folder, description) of a model
+        directory whose export is current; ModelError naming ``udrl export`` (and ``exporter``)
+        if it is not. The export is checked first: that is cheap, loading the tokenizer is not.
+        """
+        p = Path(path)
+        problem = self.problem(p) if (p / "udrl.json").is_file() else None
+        if problem:
+            raise ModelError(f"{problem}; run `udrl export` ({exporter})")
+        p, meta, tokenizer, output_vocab, _ = read_model_dir(p)
+        out = p / self.folder
+        return p, meta, tokenizer, output_vocab, out, read_export(out)
+
+    def check_loaded(self, export: dict[str, Any], meta: RewriterMeta, banned: np.ndarray,
+                     rows_match: bool = True) -> None:
+        """ModelError unless the loaded export was made from ``meta``'s model version with the
+        bans ``banned`` (and, where the engine can tell, as many output rows: ``rows_match``)."""
+        if export.get("model_version") != meta.version:
+            raise ModelError(f"{self.label} export is of model version "
+                             f"{export.get('model_version')}, not {meta.version}; re-export "
+                             "with `udrl export`")
+        if export.get("banned_digest") != banned_digest(banned) or not rows_match:
+            raise ModelError(f"the {self.label} export bans other tokens than this model "
+                             "directory (tokenizer or output_vocab.json changed); re-export "
+                             "with `udrl export`")

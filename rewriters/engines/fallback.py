@@ -12,15 +12,31 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 from ..commands import Command
 from ..errors import ConfigError, ModelError
 from .base import Decoding, Rewrite, RewriterBase
 from .clip_count import clip_token_count_light
 
-__all__ = ["TorchFallback"]
+__all__ = ["TorchFallback", "torch_fallback"]
 
 log = logging.getLogger(__name__)
+
+
+def torch_fallback(path: Path, enabled: bool, device: str = "cpu", batch_size: int = 32
+                   ) -> Callable[[], RewriterBase] | None:
+    """What a serving engine's loader hands its engine: a builder of the PyTorch engine of the
+    same model directory (loaded on first need), or None when ``enabled`` is off."""
+    if not enabled:
+        return None
+
+    def load() -> RewriterBase:
+        from .torch_engine import load_rewriter
+
+        return load_rewriter(path, device=device, batch_size=batch_size)
+
+    return load
 
 
 class TorchFallback:

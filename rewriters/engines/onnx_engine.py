@@ -43,15 +43,8 @@ from ..errors import ConfigError, ModelError
 from ..model import RewriterMeta
 from .bans import restrict_output
 from .base import Decoding, RewriterBase
-from .export import (
-    banned_digest,
-    begin_export,
-    check_export,
-    open_export,
-    read_export,
-    write_export,
-)
-from .fallback import TorchFallback
+from .export import ExportFormat
+from .fallback import TorchFallback, torch_fallback
 from .step_bans import BanTables, StepBans
 
 __all__ = [
@@ -73,6 +66,8 @@ ONNX_QUANTIZATIONS = ("int8", "int4", "float32")
 INT4_BLOCK = 32  # int4 weights: one float32 scale per 32 input rows of each output column
 ONNX_FORMAT = 2  # 2: GroupQueryAttention, cache written in place (1 concatenated it)
 MODEL_FILE = "model.onnx"
+ONNX_EXPORT = ExportFormat("ONNX", ONNX_DIR, ONNX_FORMAT, (MODEL_FILE,), ONNX_QUANTIZATIONS,
+                           "ONNX export")
 
 
 def onnx_export_problem(model_dir: str | Path, onnx_dir: str | Path | None = None) -> str | None:
@@ -81,8 +76,7 @@ def onnx_export_problem(model_dir: str | Path, onnx_dir: str | Path | None = Non
     Cheap (reads two JSON files): the export must exist, be complete and have been made from
     the model version in ``udrl.json``. The banned-token digest is checked on load.
     """
-    out = Path(onnx_dir) if onnx_dir else Path(model_dir) / ONNX_DIR
-    return check_export(model_dir, out, (MODEL_FILE,), "ONNX", ONNX_FORMAT)
+    return ONNX_EXPORT.problem(model_dir, onnx_dir)
 
 
 def export_onnx(model_dir: str | Path, out_dir: str | Path | None = None,
@@ -105,20 +99,12 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path | None = None,
     Returns:
         The export folder.
     """
-    if quantization not in ONNX_QUANTIZATIONS:
-        raise ConfigError(f"unknown quantization {quantization!r}; allowed: "
-                          f"{', '.join(ONNX_QUANTIZATIONS)}")
-    p, _, banned, out, info, current = begin_export(
-        model_dir, Path(out_dir) if out_dir else None, ONNX_DIR, ONNX_FORMAT, quantization,
-        {"onnxruntime": _ort_version()}, force, onnx_export_problem)
-    if current:
-        return out
-
-    def write(tmp: Path) -> dict[str, Any]:
+    def write(tmp: Path, p: Path, tokenizer, banned: np.ndarray, info) -> dict[str, Any]:
         diff = _write_model(p, np.flatnonzero(~banned), info["vocab_rows"], tmp, quantization)
         return {"float32_max_diff": diff}
 
-    return write_export(p, out, info, write, "ONNX export")
+    return ONNX_EXPORT.export(model_dir, out_dir, quantization, force,
+                              {"onnxruntime": _ort_version()}, write)
 
 
 def _write_model(model_dir: Path, columns: np.ndarray, n_rows: int, tmp: Path,
@@ -239,14 +225,8 @@ class OnnxRewriter(TorchFallback, RewriterBase):
                        else None)
         self._ban_tables = BanTables(self._marker_cols, self._opens, self.countdown,
                                      self._end_col)
-        if export.get("model_version") != meta.version:
-            raise ModelError(f"ONNX export is of model version {export.get('model_version')}"
-                             f", not {meta.version}; re-export with `udrl export`")
-        if (export.get("banned_digest") != banned_digest(self.banned)
-                or session.get_outputs()[0].shape[-1] != len(self.columns)):
-            raise ModelError("the ONNX export bans other tokens than this model directory "
-                             "(tokenizer or output_vocab.json changed); re-export with "
-                             "`udrl export`")
+        ONNX_EXPORT.check_loaded(export, meta, self.banned,
+                                 session.get_outputs()[0].shape[-1] == len(self.columns))
         self._rng = np.random.default_rng()
         self._init_fallback(fallback)
 
@@ -341,12 +321,10 @@ def load_onnx_rewriter(path: str | Path, intra_threads: int = 0, batch_size: int
     """
     import onnxruntime as ort
 
-    from .torch_engine import load_rewriter
-
     if intra_threads < 0:
         raise ConfigError(f"intra_threads {intra_threads} must be >= 0")
-    p, meta, tokenizer, output_vocab, out = open_export(
-        path, onnx_export_problem, ONNX_DIR, "rewriters.engines.onnx_engine.export_onnx")
+    p, meta, tokenizer, output_vocab, out, export = ONNX_EXPORT.open(
+        path, "rewriters.engines.onnx_engine.export_onnx")
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_threads
     opts.inter_op_num_threads = 1
@@ -357,6 +335,6 @@ def load_onnx_rewriter(path: str | Path, intra_threads: int = 0, batch_size: int
                                        providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types
         raise ModelError(f"cannot load the ONNX model in {out}: {e}") from e
-    make = (lambda: load_rewriter(p, batch_size=batch_size)) if fallback else None
-    return OnnxRewriter(session, tokenizer, meta, output_vocab, export=read_export(out),
-                        batch_size=batch_size, fallback=make)
+    return OnnxRewriter(session, tokenizer, meta, output_vocab, export=export,
+                        batch_size=batch_size, fallback=torch_fallback(p, fallback,
+                                                                       batch_size=batch_size))
