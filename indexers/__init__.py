@@ -30,6 +30,7 @@ Public modules (import the one you need; importing the package itself loads none
     es_images          the image index on Elasticsearch (mapping, filters, kNN search)
     es_image_build     encode locally, publish an image index behind an alias
     query_log          query logs with clicks (query<TAB>clicked_id)
+    jsonl              numbered lines, JSON objects with reject reasons, first_error
     dense              the dense channel: MiniLM centroids and rows in FAISS, exact search
     reindex            the batch jobs the CLI runs: reindex_images, merge_images,
                        each driven by one config object
@@ -59,6 +60,7 @@ __all__ = [
     "image_runners",
     "image_search",
     "images",
+    "jsonl",
     "publish",
     "query_log",
     "reindex",

@@ -28,6 +28,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import DataError
+from .jsonl import first_error, json_objects, numbered_lines
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -170,12 +171,6 @@ class RejectLog:
         ]
 
 
-def _first_error(e: ValidationError) -> str:
-    err = e.errors()[0]
-    loc = ".".join(str(x) for x in err["loc"]) or "record"
-    return f"invalid record: {loc}: {err['msg']}"
-
-
 def read_manifest(path: str | os.PathLike[str], rejects: RejectLog) -> list[ImageRecord]:
     """Validate a JSONL manifest into records, logging every bad line to ``rejects``.
 
@@ -192,52 +187,45 @@ def read_manifest(path: str | os.PathLike[str], rejects: RejectLog) -> list[Imag
     base = path.parent.resolve()
     records: list[ImageRecord] = []
     first_line: dict[str, int] = {}
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                rejects.add(path, lineno, None, f"bad JSON: {e.msg} at column {e.colno}")
-                continue
-            if not isinstance(obj, dict):
-                rejects.add(path, lineno, None, f"expected a JSON object, got {type(obj).__name__}")
-                continue
-            rid = obj["id"] if isinstance(obj.get("id"), str) else None
-            try:
-                entry = ManifestEntry.model_validate(obj)
-                image_path = entry.local_path(base)
-            except ValidationError as e:
-                rejects.add(path, lineno, rid, _first_error(e))
-                continue
-            except ValueError as e:
-                rejects.add(path, lineno, rid, str(e))
-                continue
-            if entry.id in first_line:
-                rejects.add(
-                    path,
-                    lineno,
-                    entry.id,
-                    f"duplicate id {entry.id!r} (first on line {first_line[entry.id]})",
-                )
-                continue
-            if not image_path.is_file():
-                rejects.add(path, lineno, entry.id, f"image file not found: {image_path}")
-                continue
-            first_line[entry.id] = lineno
-            records.append(
-                ImageRecord(
-                    id=entry.id,
-                    path=image_path,
-                    title=entry.title,
-                    tags=entry.tags,
-                    license=entry.license,
-                    meta=entry.extra_meta(),
-                    source=str(path),
-                    line=lineno,
-                )
+    lines = numbered_lines(path, "manifest", encoding_errors="replace")
+    for lineno, obj, reason in json_objects(lines, bad_json="bad JSON"):
+        if obj is None:
+            rejects.add(path, lineno, None, reason)
+            continue
+        rid = obj["id"] if isinstance(obj.get("id"), str) else None
+        try:
+            entry = ManifestEntry.model_validate(obj)
+            image_path = entry.local_path(base)
+        except ValidationError as e:
+            rejects.add(path, lineno, rid, f"invalid record: {first_error(e)}")
+            continue
+        except ValueError as e:
+            rejects.add(path, lineno, rid, str(e))
+            continue
+        if entry.id in first_line:
+            rejects.add(
+                path,
+                lineno,
+                entry.id,
+                f"duplicate id {entry.id!r} (first on line {first_line[entry.id]})",
             )
+            continue
+        if not image_path.is_file():
+            rejects.add(path, lineno, entry.id, f"image file not found: {image_path}")
+            continue
+        first_line[entry.id] = lineno
+        records.append(
+            ImageRecord(
+                id=entry.id,
+                path=image_path,
+                title=entry.title,
+                tags=entry.tags,
+                license=entry.license,
+                meta=entry.extra_meta(),
+                source=str(path),
+                line=lineno,
+            )
+        )
     return records
 
 

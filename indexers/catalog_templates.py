@@ -33,6 +33,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import DataError
+from .jsonl import first_error, json_objects, numbered_lines
 
 __all__ = [
     "CATALOG_SUFFIXES",
@@ -139,23 +140,6 @@ def records_checksum(records: Iterable[TemplateRecord]) -> str:
     return h.hexdigest()
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
-    """Yield (line, raw dict or None, parse error or None); blank lines are skipped."""
-    with path.open("r", encoding="utf-8") as fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield n, None, f"not JSON: {e.msg} at column {e.colno}"
-                continue
-            if not isinstance(obj, dict):
-                yield n, None, f"expected a JSON object, got {type(obj).__name__}"
-                continue
-            yield n, obj, None
-
-
 def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | None]]:
     """Yield (line where the record starts, raw dict, row error or None) from a CSV file.
 
@@ -190,15 +174,6 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str | No
             yield start, raw, None
 
 
-def _validation_reason(e: ValidationError) -> str:
-    first = e.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "record"
-    msg = first["msg"]
-    if first["type"] == "missing":
-        msg = "missing"
-    return f"{where}: {msg}"
-
-
 def read_templates(
     path: str | os.PathLike[str], rejects_path: str | os.PathLike[str] | None = None
 ) -> TemplateCatalog:
@@ -228,7 +203,8 @@ def read_templates(
             f"catalogue {path} is a directory; pass a {'/'.join(CATALOG_SUFFIXES)} file"
         )
     base = path.parent
-    rows = _jsonl_rows(path) if suffix == ".jsonl" else _csv_rows(path)
+    rows = (json_objects(numbered_lines(path, "catalogue")) if suffix == ".jsonl"
+            else _csv_rows(path))
     out = TemplateCatalog()
     first_seen: dict[str, int] = {}
     try:
@@ -243,7 +219,8 @@ def read_templates(
             try:
                 rec = TemplateRecord.model_validate(raw)
             except ValidationError as e:
-                out.rejects.append(TemplateReject(str(path), n, rid, _validation_reason(e)))
+                out.rejects.append(TemplateReject(str(path), n, rid,
+                                                  first_error(e, missing="missing")))
                 continue
             if rec.id in first_seen:
                 reason = f"duplicate id {rec.id!r} (first seen at line {first_seen[rec.id]})"

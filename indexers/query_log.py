@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import DataError
+from .jsonl import numbered_lines
 
 __all__ = [
     "LogReject",
@@ -159,30 +160,22 @@ def read_query_log(path: str | os.PathLike[str]) -> tuple[QueryLog, list[LogReje
     if path.is_dir():
         raise DataError(f"query log {path} is a directory; pass a file of query<TAB>id lines")
     log, rejects = QueryLog(), []
-    try:
-        with path.open("r", encoding="utf-8") as fh:
-            for n, raw in enumerate(fh, start=1):
-                line = raw.rstrip("\r\n")
-                if not line.strip() or line.lstrip().startswith("#"):
-                    continue
-                fields = line.split("\t")
-                reason = None
-                if len(fields) > 2:
-                    reason = f"expected 'query' or 'query<TAB>clicked_id', got {len(fields)} fields"
-                elif not fields[0].strip():
-                    reason = "the query is empty"
-                elif len(fields) == 2 and not fields[1].strip():
-                    reason = "the clicked id after the TAB is empty"
-                if reason:
-                    rejects.append(LogReject(str(path), n, reason))
-                    continue
-                log.add(fields[0], fields[1].strip() if len(fields) == 2 else None)
-    except FileNotFoundError as e:
-        raise DataError(f"query log {path} does not exist") from e
-    except UnicodeDecodeError as e:
-        raise DataError(f"query log {path} is not UTF-8 text: {e}") from e
-    except OSError as e:
-        raise DataError(f"query log {path} cannot be read: {e}") from e
+    for n, raw in numbered_lines(path, "query log", undecodable="is not UTF-8 text"):
+        line = raw.rstrip("\r\n")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.split("\t")
+        reason = None
+        if len(fields) > 2:
+            reason = f"expected 'query' or 'query<TAB>clicked_id', got {len(fields)} fields"
+        elif not fields[0].strip():
+            reason = "the query is empty"
+        elif len(fields) == 2 and not fields[1].strip():
+            reason = "the clicked id after the TAB is empty"
+        if reason:
+            rejects.append(LogReject(str(path), n, reason))
+            continue
+        log.add(fields[0], fields[1].strip() if len(fields) == 2 else None)
     if not len(log):
         raise DataError(f"query log {path} holds no valid line ({len(rejects)} rejected); "
                         "expected 'query' or 'query<TAB>clicked_id' per line")

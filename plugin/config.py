@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, TomlConfigSettingsSource
 
+from indexers.jsonl import first_error
 from rewriters.errors import ConfigError
 
 __all__ = [
@@ -303,9 +304,12 @@ def load_settings(config: str | os.PathLike[str] | None = None, **overrides: Any
     try:
         return _FromFile(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"setting {where}: {first['msg']} (got {first.get('input')!r})") from e
+        raise _setting_error(e) from e
+
+
+def _setting_error(e: ValidationError) -> ConfigError:
+    """``setting <loc>: <msg> (got <input>)`` for the first error of a settings validation."""
+    return ConfigError(f"setting {first_error(e, empty='')} (got {e.errors()[0].get('input')!r})")
 
 
 def with_overrides(settings: Settings, values: dict[str, Any]) -> Settings:
@@ -322,9 +326,7 @@ def with_overrides(settings: Settings, values: dict[str, Any]) -> Settings:
     try:
         return type(settings).model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"setting {where}: {first['msg']} (got {first.get('input')!r})") from e
+        raise _setting_error(e) from e
 
 
 @lru_cache(maxsize=1)

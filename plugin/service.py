@@ -37,6 +37,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from indexers.jsonl import first_error
+
 from .api_models import (ReadyResponse, RewriteRequest, RewriteResponse, SearchRequest,
                          SearchResponse, document_errors, error_response, error_responses)
 from .config import Settings, get_settings
@@ -197,9 +199,7 @@ def create_app(pipeline: Pipeline | None = None, own: bool = False) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        msg = f"{where}: {first.get('msg', 'invalid request')}" if where else first.get("msg")
+        msg = first_error(exc, drop=("body",), empty=None)  # "query: String should have ..."
         return refuse(request, 422, "invalid_request", msg or "invalid request body")
 
     @app.exception_handler(StarletteHTTPException)

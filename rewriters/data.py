@@ -26,6 +26,7 @@ __all__ = [
     "write_examples",
     "append_examples",
     "split_by_query",
+    "validation_reason",
 ]
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,17 @@ class LoadResult:
     rejects: list[Reject] = field(default_factory=list)
 
 
+def validation_reason(e: ValidationError) -> str:
+    """``"<loc>: <msg>"`` of the first error (``"record: ..."`` for a whole-record one).
+
+    The index package has the same formatter (``indexers.jsonl.first_error``); the two packages
+    never import each other, so each keeps its own.
+    """
+    first = e.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "record"
+    return f"{where}: {first['msg']}"
+
+
 def _iter_lines(path: Path) -> Iterator[tuple[int, str]]:
     try:
         with path.open("r", encoding="utf-8") as fh:
@@ -128,9 +140,7 @@ def read_examples(path: str | os.PathLike[str]) -> LoadResult:
         except json.JSONDecodeError as e:
             out.rejects.append(Reject(str(path), n, f"not JSON: {e.msg}"))
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "record"
-            out.rejects.append(Reject(str(path), n, f"{where}: {first['msg']}"))
+            out.rejects.append(Reject(str(path), n, validation_reason(e)))
     for r in out.rejects:
         log.warning("skipped invalid line %s", r)
     return out

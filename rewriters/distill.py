@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from tqdm import tqdm
 
 from .commands import LENGTH_MAX, LENGTH_MIN, TASKS
-from .data import Example, append_examples, read_examples
+from .data import Example, append_examples, read_examples, validation_reason
 from .errors import ConfigError, TeacherError
 from .queries import QuerySpec
 from .teachers import Teacher, TeacherReply
@@ -120,9 +120,7 @@ def _examples(spec: QuerySpec, reply: TeacherReply, teacher: str,
             try:
                 out.append(Example.make(spec.query, task, prompt, teacher, reply.intent))
             except ValidationError as e:
-                first = e.errors()[0]
-                where = ".".join(str(p) for p in first["loc"]) or "record"
-                reason = f"{task} prompt invalid: {where}: {first['msg']}"
+                reason = f"{task} prompt invalid: {validation_reason(e)}"
         if reason:
             report.examples_rejected += 1
             if len(report.rejections) < _MAX_FAILURES_KEPT:

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from indexers.jsonl import numbered_lines
 from rewriters.errors import ConfigError, DataError
 from rewriters.files import file_mode
 
@@ -59,14 +60,8 @@ class TrecRun:
 def _lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
     if path.is_dir():
         raise DataError(f"{what} {path} is a directory; pass a file")
-    try:
-        with path.open("r", encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                yield n, line.rstrip("\r\n")
-    except FileNotFoundError as e:
-        raise DataError(f"{what} {path} does not exist") from e
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"{what} {path} cannot be read: {e}") from e
+    for n, line in numbered_lines(path, what, error=DataError):
+        yield n, line.rstrip("\r\n")
 
 
 def _check_id(value: object, where: str, name: str) -> str:
