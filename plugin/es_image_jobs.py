@@ -18,6 +18,7 @@ from typing import Any
 from rewriters.errors import ConfigError
 
 from .config import Settings
+from .index_settings import es_settings, publish_policy
 
 __all__ = [
     "es_image_config",
@@ -40,8 +41,6 @@ def staging_dir(settings: Settings) -> Path:
 def image_es_settings(settings: Settings):
     """``EsSettings`` of the image index: the template backend's connection, the image alias
     (``index.es_image_alias``) and ``index.es_image_num_candidates``."""
-    from .hook import es_settings
-
     ix = settings.index
     if not ix.es_url:
         raise ConfigError("index.image_backend is elasticsearch but index.es_url is not set; "
@@ -84,8 +83,6 @@ def index_images_es_job(settings: Settings, source: Path, shard: str | None = No
     from indexers.images import ImageIndexConfig
     from indexers.reindex import ImageReindexConfig, reindex_images
 
-    from .index_jobs import publish_policy
-
     _no_text_channel(settings, log_path)
     ix = settings.index
     es = image_es_settings(settings)
@@ -121,8 +118,6 @@ def merge_images_es_job(settings: Settings, progress: bool = True,
     """Merge the shards encoded into the staging store and publish them to Elasticsearch."""
     from indexers.es_image_build import publish_staged
     from indexers.reindex import merge_images
-
-    from .index_jobs import publish_policy
 
     es = image_es_settings(settings)
     # the checks run once, against what the alias serves (publish_staged), not the staging store

@@ -113,7 +113,7 @@ def pseudo_queries(documents, n: int, seed: int = 0, intent: str | None = None
 def open_grounder(settings: Settings, qlog=None) -> IndexGrounder | None:
     """An ``IndexGrounder`` over the workspace's indexes; None when neither index exists."""
     from .hook import open_indexes
-    from .index_jobs import make_text_encoder
+    from .index_settings import make_text_encoder
 
     template_index, image_index = open_indexes(settings, clip=False)
     if template_index is None and image_index is None:

@@ -26,7 +26,7 @@ from rewriters.errors import ConfigError, ModelError
 
 from .config import Settings, load_settings
 from .errors import UDRL_ERRORS
-from .index_jobs import make_text_encoder
+from .index_settings import es_settings, make_text_encoder
 from .pipeline import Pipeline, RewriteResult, SearchResult
 
 __all__ = ["RewriteHook", "load_pipeline", "load_engine", "es_settings", "routed_tasks"]
@@ -111,30 +111,6 @@ def open_indexes(settings: Settings, clip: bool = True):
         except IndexStoreError as e:
             log.warning("image index unusable, left out: %s", e)
     return _template_side(settings), image
-
-
-def es_settings(settings: Settings):
-    """The ``EsSettings`` of the template backend: URL, alias, API key or basic auth, TLS."""
-    from indexers.es_schema import EsSettings
-
-    ix = settings.index
-    if not ix.es_url:
-        raise IndexStoreError("index.template_backend is elasticsearch but index.es_url is "
-                              "not set; set UDRL_INDEX__ES_URL")
-    if (ix.es_username is None) != (ix.es_password is None):
-        raise IndexStoreError("Elasticsearch basic auth needs both index.es_username and "
-                              "index.es_password (UDRL_INDEX__ES_USERNAME, "
-                              "UDRL_INDEX__ES_PASSWORD)")
-    if not ix.es_verify_certs:
-        log.warning("index.es_verify_certs is false: the Elasticsearch certificate is not "
-                    "checked; use index.es_ca_certs outside throwaway test clusters")
-    return EsSettings(
-        hosts=ix.es_url, alias=ix.es_alias,
-        api_key=ix.es_api_key.get_secret_value() if ix.es_api_key else None,
-        basic_auth=((ix.es_username, ix.es_password.get_secret_value())
-                    if ix.es_username is not None and ix.es_password is not None else None),
-        ca_certs=str(ix.es_ca_certs) if ix.es_ca_certs is not None else None,
-        verify_certs=ix.es_verify_certs)
 
 
 def _template_side(settings: Settings, light: bool = False):

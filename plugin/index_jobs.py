@@ -1,7 +1,8 @@
 """Index jobs behind the CLI: build, publish, merge and roll back the image and template
-indexes (FAISS or Elasticsearch images, tantivy or Elasticsearch templates), and the dense
-channel's text encoder. Each job takes :class:`plugin.config.Settings` and returns a JSON-able
-report that the CLI prints.
+indexes (FAISS or Elasticsearch images, tantivy or Elasticsearch templates). Each job takes
+:class:`plugin.config.Settings` and returns a JSON-able report that the CLI prints; what the
+``index.*`` settings mean (connection, publish checks, text encoder) is read in
+``plugin.index_settings``.
 """
 
 from __future__ import annotations
@@ -12,24 +13,14 @@ from typing import Any
 from rewriters.errors import ConfigError
 
 from .config import Settings
+from .index_settings import es_settings, make_text_encoder, publish_policy
 
 __all__ = [
     "index_images_job",
     "index_templates_job",
-    "make_text_encoder",
     "merge_images_job",
-    "publish_policy",
     "rollback_job",
 ]
-
-
-def publish_policy(settings: Settings, force: bool = False):
-    """The publish checks ``index.publish_*`` ask for (``force``: publish even when they fail)."""
-    from indexers.publish import PublishPolicy
-
-    ix = settings.index
-    return PublishPolicy(min_count_ratio=ix.publish_min_count_ratio,
-                         max_reject_rate=ix.publish_max_reject_rate, force=force)
 
 
 def index_images_job(settings: Settings, source: Path, shard: str | None = None,
@@ -73,17 +64,6 @@ def merge_images_job(settings: Settings, progress: bool = True,
                         policy=publish_policy(settings, force))
 
 
-def make_text_encoder(settings: Settings, light: bool = False):
-    """The dense channel's sentence encoder (one shared instance per process), or None when
-    ``index.dense`` is off. ``light``: for queries, without torch where the model allows
-    (``indexers.minilm``)."""
-    if not settings.index.dense:
-        return None
-    from indexers.dense import load_text_encoder
-
-    return load_text_encoder(settings.index.text_model, settings.device, light=light)
-
-
 def index_templates_job(settings: Settings, source: Path, rejects: Path | None = None,
                         log: Path | None = None, progress: bool = True,
                         force: bool = False) -> dict[str, Any]:
@@ -97,8 +77,6 @@ def index_templates_job(settings: Settings, source: Path, rejects: Path | None =
     ix = settings.index
     es = {}
     if ix.template_backend == "elasticsearch":
-        from .hook import es_settings
-
         e = es_settings(settings)
         es = {"es_url": e.hosts, "api_key": e.api_key, "basic_auth": e.basic_auth,
                   "ca_certs": e.ca_certs, "verify_certs": e.verify_certs}
@@ -133,7 +111,5 @@ def rollback_job(settings: Settings, which: str, to: str | None = None) -> dict[
     if not ix.es_url:
         raise ConfigError("index.template_backend is elasticsearch but index.es_url is not "
                           "set; pass --es-url or set UDRL_INDEX__ES_URL")
-    from .hook import es_settings  # API key or basic auth, TLS
-
     return {"index": which, **rollback_templates("elasticsearch", es=es_settings(settings),
                                                  to=to)}

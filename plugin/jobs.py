@@ -222,7 +222,7 @@ def _catalogue_inputs(settings: Settings, examples, cfg):
         log.warning("the template index has no dense channel: training without context")
         return None, vocab
     from .grounding import ServingContext, training_contexts
-    from .index_jobs import make_text_encoder
+    from .index_settings import make_text_encoder
 
     log.info("grounding contexts for %d training queries (leave-fold-out)", len(queries))
     known = training_contexts(index, query_log_of(settings), make_text_encoder(settings),

@@ -101,7 +101,7 @@ class AliasReader:
         if self._client is None:
             from indexers.es_schema import connect
 
-            from .hook import es_settings
+            from .index_settings import es_settings
 
             es = es_settings(self.settings)
             # a poll that fails is tried again at the next poll, not retried with backoff

@@ -118,7 +118,7 @@ def fit_rewrite_fusion(settings: Settings, cfg: RewriteFitConfig | None = None,
 
     from ..grounded_jobs import query_log_of
     from ..hook import load_engine, open_indexes
-    from ..index_jobs import make_text_encoder
+    from ..index_settings import make_text_encoder
     from ..pipeline import Pipeline
 
     cfg = cfg or RewriteFitConfig()
