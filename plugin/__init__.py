@@ -6,6 +6,6 @@ catalogue, the demo) is in the ``plugin.offline`` subpackage.
 
 __all__ = [
     "batching", "channels", "cli", "cli_serving", "config", "errors", "fitted_weights", "fusion",
-    "grounded_jobs", "grounding", "hook", "jobs", "offline", "pipeline", "published", "reload",
-    "rewrite", "service",
+    "grounded_jobs", "grounding", "hook", "jobs", "offline", "pipeline", "published", "query",
+    "reload", "rewrite", "service",
 ]

@@ -1,7 +1,10 @@
-"""The HTTP API's request and response bodies and its error body (``plugin.service`` wires them).
+"""The HTTP API's request bodies and its error and readiness bodies (``plugin.service`` wires
+them). The answers of ``/v1/rewrite`` and ``/v1/search`` are the pipeline's own result types
+(``plugin.pipeline.RewriteResult``, ``SearchResult``), returned as they are.
 
 Request bodies are checked once here, at the edge, in pydantic's strict mode: ``"length": "12"``
-or ``"fusion": "yes"`` is a 422, not a silent conversion. The pipeline gets checked values.
+or ``"fusion": "yes"`` is a 422, not a silent conversion. The pipeline gets checked values: the
+query arrives as a ``plugin.query.Query``.
 
 Every error the service answers has one body, :class:`ErrorResponse`::
 
@@ -15,11 +18,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from rewriters.commands import LENGTH_MAX, LENGTH_MIN
 
-from .pipeline import MAX_QUERY_CHARS
+from .query import MAX_QUERY_CHARS, Query
 from .reload import ReloadStatus
 
 __all__ = [
@@ -27,14 +30,10 @@ __all__ = [
     "ErrorDetail",
     "ErrorResponse",
     "Filters",
-    "ModalityOut",
-    "PromptOut",
+    "QueryText",
     "ReadyResponse",
-    "ResultOut",
     "RewriteRequest",
-    "RewriteResponse",
     "SearchRequest",
-    "SearchResponse",
     "Task",
     "TemplateFilters",
     "error_response",
@@ -55,8 +54,16 @@ def _int(low: int, high: int) -> Any:
 
 
 Length, Relevance = _int(LENGTH_MIN, LENGTH_MAX), _int(0, 4)
-# a query needs a word: at least one character that str.split() does not drop
-QUERY = dict(min_length=1, max_length=MAX_QUERY_CHARS, pattern=r"\S")
+# A word: a character that str.split() keeps. Python's \S is exactly that; the schema states it
+# so that the JSON Schema (ECMA-262) regex agrees on every code point, as ECMA's \s lacks
+# \x1c-\x1f and \x85, which Python splits on, and has \ufeff, which Python keeps (a plain \S
+# in the schema promised "\x85" a 200).
+WORD: dict[str, Any] = {"pattern": r"\S", "json_schema_extra": {
+    "pattern": r"[^\s\u001c-\u001f\u0085\ufeff]|\ufeff"}}
+# The query as the schema states it (a word, at most MAX_QUERY_CHARS characters), handed on as
+# the checked Query it then always makes.
+QueryText = Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS, **WORD,
+                                 description="Search query."), AfterValidator(Query)]
 CACHE_FIELD = ("false: ask the model even when the rewrite cache or the precomputed rewrites "
                "hold a prompt (its answer still refreshes the cache).")
 
@@ -64,7 +71,7 @@ CACHE_FIELD = ("false: ask the model even when the rewrite cache or the precompu
 class RewriteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
 
-    query: str = Field(..., **QUERY, description="Search query.")
+    query: QueryText
     task: Task | None = Field(None, description="Rewrite for this task only (default: intent).")
     length: Length | None = Field(None, description="Target words.")
     relevance: Relevance | None = Field(None, description="Relevance bucket, 4 = best.")
@@ -74,7 +81,7 @@ class RewriteRequest(BaseModel):
     cache: bool = Field(True, description=CACHE_FIELD)
 
 
-Word = Annotated[str, Field(pattern=r"\S")]  # a string with something besides spaces
+Word = Annotated[str, Field(**WORD)]  # a string with something besides spaces
 
 
 class TemplateFilters(BaseModel):
@@ -107,7 +114,7 @@ class Filters(BaseModel):
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, regex_engine="python-re")
 
-    query: str = Field(..., **QUERY, description="Search query.")
+    query: QueryText
     k: _int(1, 1000) | None = Field(None, description="Results per modality.")
     filters: Filters | None = Field(
         None, description='Per modality, e.g. {"template": {"category": "invitation"}}.')
@@ -120,60 +127,6 @@ class SearchRequest(BaseModel):
     cache: bool = Field(True, description=CACHE_FIELD)
     lists: bool = Field(False, description="Also return each channel's own top k per modality "
                         "(raw, dense, rewrite), as the search page at / shows them.")
-
-
-class PromptOut(BaseModel):
-    task: str
-    command: dict[str, Any]
-    prompt: str
-    words: int
-    path: Literal["rewrite", "retry", "raw"]
-    source: str
-    attempts: int
-    rejected: list[str]
-    reason: str | None
-    alternatives: list[str]
-    requested: int = Field(1, description="Prompts asked for (the request's n).")
-    returned: int = Field(1, description="Prompts returned: 1 + len(alternatives). Fewer than "
-                          "requested when duplicates or refused prompts were dropped, or the "
-                          "raw query was used.")
-
-
-class RewriteResponse(BaseModel):
-    query: str
-    intent: str
-    probs: dict[str, float]
-    tasks: list[str]
-    prompts: list[PromptOut]
-    path: Literal["rewrite", "retry", "raw"]
-    model_version: str
-    timings_ms: dict[str, float]
-
-
-class ResultOut(BaseModel):
-    id: str
-    score: float
-    ranks: dict[str, int]
-    fields: dict[str, Any]
-
-
-class ModalityOut(BaseModel):
-    task: str
-    prompt: str
-    path: str
-    fused: bool
-    index_version: str | None
-    results: list[ResultOut]
-    error: str | None
-    channels: dict[str, float] = {}  # channel (raw, dense, rewrite) -> fusion weight; 0: dropped
-    lists: dict[str, list[ResultOut]] = {}  # channel -> its own top k (request lists=true)
-
-
-class SearchResponse(BaseModel):
-    query: str
-    rewrite: RewriteResponse
-    modalities: list[ModalityOut]
-    timings_ms: dict[str, float]
 
 
 def error_response(status: int, code: str, message: str,

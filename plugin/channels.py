@@ -17,17 +17,21 @@ Every result list says which channels were used and with what weight.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass as plain_dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from indexers.errors import IndexStoreError
 
 from .fusion import FusionWeights, fuse_channels, term_coverage
 
-__all__ = ["MODES", "ModalityResult", "ResultItem", "search_images", "search_templates"]
+__all__ = ["MODES", "SOURCES", "ChannelSource", "ModalityResult", "ResultItem", "image_source",
+           "search_images", "search_modality", "search_templates", "template_source"]
 
 MODES: dict[str, tuple[str, ...]] = {
     "raw": ("raw",),
@@ -39,6 +43,10 @@ MODES: dict[str, tuple[str, ...]] = {
 MIN_DEPTH = 50  # each channel's list is this deep at least, so fusion sees past the top k
 
 
+# Pydantic dataclasses: built once from the index's hits and returned as they are by the
+# pipeline, the Python hook and the HTTP API (``/v1/search``'s ``modalities``).
+
+
 @dataclass
 class ResultItem:
     """One retrieved image or template."""
@@ -46,7 +54,7 @@ class ResultItem:
     id: str
     score: float  # fused RRF score, or the backend score when one channel is used
     ranks: dict[str, int]  # 1-based rank in each channel's list it appeared in
-    fields: dict[str, Any] = field(default_factory=dict)  # title, tags, metadata
+    fields: dict[str, Any]  # title, tags, metadata
 
 
 @dataclass
@@ -59,10 +67,38 @@ class ModalityResult:
     fused: bool  # True: RRF of two or more channels
     index_version: str | None
     results: list[ResultItem]
-    error: str | None = None  # e.g. the index is not loaded
-    channels: dict[str, float] = field(default_factory=dict)  # channel -> weight (0: dropped)
+    error: str | None  # e.g. the index is not loaded
+    # channel (raw, dense, rewrite) -> fusion weight; 0: dropped
+    channels: dict[str, float] = Field(default={})
     # channel -> its own top k before fusion (backend scores, rank in that channel only)
-    lists: dict[str, list[ResultItem]] = field(default_factory=dict)
+    lists: dict[str, list[ResultItem]] = Field(default={})
+
+
+@plain_dataclass(frozen=True)
+class ChannelSource:
+    """What differs between the modalities' channel searches; ``search_modality`` does the rest.
+
+    Args:
+        task: image | template (also the prefix of the timings keys).
+        version: the index version the results come from.
+        encode: the raw and rewrite channels' texts -> what ``search`` takes.
+        search: (encoded texts, depth, filters) -> hits per text, best first.
+        dense: (query, its embedding or None, depth, filters) -> the dense channel's hits;
+            None: no dense channel.
+        fields: a hit -> the result's ``fields``.
+        coverage: (query, the raw channel's hits) -> the share of the query's words the
+            catalogue holds (raises the raw weight; 0 when unknown).
+        no_dense: why the dense channel alone cannot be searched (raised when asked).
+    """
+
+    task: str
+    version: str | None
+    encode: Callable[[list[str]], Any]
+    search: Callable[[Any, int, dict | None], list[list]]
+    dense: Callable[[str, Any, int, dict | None], list] | None
+    fields: Callable[[Any], dict[str, Any]]
+    coverage: Callable[[str, list], float]
+    no_dense: str
 
 
 def _ms(t0: float) -> float:
@@ -96,29 +132,71 @@ def _image_fields(meta: dict[str, Any], root: Path | None) -> dict[str, Any]:
     return out
 
 
-def _combine(task: str, outcome, lists: dict[str, list], weights: dict[str, float], k: int,
-             version: str | None, rrf_k: int) -> ModalityResult:
-    fields: dict[str, dict] = {}
-    for hits in lists.values():
-        for h in hits:
-            fields.setdefault(h[0], h[2])
-    used = [c for c in lists if weights.get(c, 0.0) > 0]
+def template_source(index, clip=None, encoder=None) -> ChannelSource:
+    """A ``TemplateIndex``'s channels: BM25 for raw and rewrite, its dense channel when it has
+    one (it embeds the query itself when ``encoder`` is None)."""
+
+    def dense(query, qvec, depth, filters):
+        return index.search_dense_batch([query], depth, filters, vectors=qvec)[0]
+
+    def coverage(query, raw_hits):
+        return term_coverage(query, [" ".join([f["title"], f["category"], *f["tags"]])
+                                     for f in map(_template_fields, raw_hits[:3])])
+
+    return ChannelSource(
+        "template", index.version, lambda texts: texts, index.search_batch,
+        dense if index.has_dense else None, _template_fields, coverage,
+        f"template index {index.version} has no dense channel; rebuild it with "
+        "`udrl index templates` (it builds one by default)")
+
+
+def image_source(index, clip, encoder=None) -> ChannelSource:
+    """An ``ImageIndex``'s channels: the CLIP text tower for raw and rewrite, and the text
+    channel (MiniLM over titles and logged queries) when the index has one and ``encoder``
+    embeds the query."""
+    from indexers.image_text import search_image_text
+
+    root = _catalogue_root(index)
+
+    def dense(query, qvec, depth, filters):
+        return search_image_text(index, qvec, depth, filters)[0]
+
+    return ChannelSource(
+        "image", index.version, clip.encode_texts, index.search,
+        dense if index.has_dense and encoder is not None else None,
+        lambda h: _image_fields(h.metadata, root), lambda query, raw_hits: 0.0,
+        f"image index {index.version} has no text channel (its images have no titles, or it "
+        "was built with --no-dense); use raw, rewrite or fused")
+
+
+SOURCES: dict[str, Callable[..., ChannelSource]] = {"image": image_source,
+                                                     "template": template_source}
+
+
+def _combine(src: ChannelSource, outcome, found: dict[str, list], weights: dict[str, float],
+             k: int, rrf_k: int) -> ModalityResult:
+    """Each channel's top k as results, and the fused list of the channels weighted > 0 (the
+    one used channel's own list when fewer than two are)."""
+    used = [c for c in found if weights.get(c, 0.0) > 0]
+    own = {c: [ResultItem(h.id, float(h.score), {c: r}, src.fields(h))
+               for r, h in enumerate(hits[:k], start=1)] for c, hits in found.items()}
     if len(used) > 1:
-        fused = fuse_channels({c: [h[0] for h in lists[c]] for c in used}, weights, rrf_k, k)
-        items = [ResultItem(f.id, round(f.score, 6), f.ranks, fields[f.id]) for f in fused]
+        first: dict[str, Any] = {}  # id -> its hit in the first channel that has it
+        for hits in found.values():
+            for h in hits:
+                first.setdefault(h.id, h)
+        fused = fuse_channels({c: [h.id for h in found[c]] for c in used}, weights, rrf_k, k)
+        items = [ResultItem(f.id, round(f.score, 6), f.ranks, src.fields(first[f.id]))
+                 for f in fused]
     else:
-        name = used[0] if used else next(iter(lists))
-        items = [ResultItem(h[0], float(h[1]), {name: r}, h[2])
-                 for r, h in enumerate(lists[name][:k], start=1)]
+        items = own[used[0] if used else next(iter(found))]
     channels = {c: (weights.get(c, 0.0) if len(used) > 1 else float(c in used or not used))
-                for c in lists}
-    own = {c: [ResultItem(h[0], float(h[1]), {c: r}, h[2])
-               for r, h in enumerate(hits[:k], start=1)] for c, hits in lists.items()}
-    return ModalityResult(task, outcome.prompt, outcome.path, len(used) > 1, version, items,
-                          channels=channels, lists=own)
+                for c in found}
+    return ModalityResult(src.task, outcome.prompt, outcome.path, len(used) > 1, src.version,
+                          items, None, channels, own)
 
 
-def _use_rewrite(channels: tuple[str, ...], outcome, query: str) -> bool:
+def _use_rewrite(channels: tuple[str, ...], outcome) -> bool:
     # a raw fallback repeats the raw list; only the rewrite-only mode searches it (as the query)
     return "rewrite" in channels and (channels == ("rewrite",) or outcome.path != "raw")
 
@@ -132,82 +210,61 @@ def _similarity(encoder, query: str, prompt: str | None) -> tuple[np.ndarray | N
     return vecs[:1], sim
 
 
+def search_modality(src: ChannelSource, query: str, outcome, k: int, filters: dict | None,
+                    channels: tuple[str, ...], weights: FusionWeights, encoder,
+                    timings: dict[str, float]) -> ModalityResult:
+    """Search one modality's ``channels`` and fuse them with weights set for this query.
+
+    Args:
+        src: the modality's index as channels (``SOURCES``).
+        query: the checked query's text.
+        outcome: the rewrite's ``PromptOutcome`` for this task.
+        filters: the modality's filters (the index's own keys).
+        channels: ``MODES[mode]``.
+        encoder: the text encoder of the dense channel (also measures the rewrite's similarity
+            to the query); None: no similarity floor.
+        timings: gets ``<task>.encode`` and ``<task>.search`` (milliseconds).
+    Raises:
+        IndexStoreError: only the dense channel is asked for and the index has none.
+    """
+    want_dense = "dense" in channels and src.dense is not None
+    if channels == ("dense",) and not want_dense:
+        raise IndexStoreError(src.no_dense)
+    rewrite = _use_rewrite(channels, outcome)
+    compare = rewrite and "raw" in channels  # the rewrite's weight follows its similarity
+    texts = ([query] if "raw" in channels else []) + ([outcome.prompt] if rewrite else [])
+    t = time.perf_counter()
+    encoded = src.encode(texts) if texts else None
+    qvec, sim = _similarity(encoder if want_dense or compare else None, query,
+                            outcome.prompt if compare else None)
+    timings[f"{src.task}.encode"] = _ms(t)
+    t = time.perf_counter()
+    depth = max(k, MIN_DEPTH)
+    found = iter(src.search(encoded, depth, filters) if texts else [])
+    hits: dict[str, list] = {}
+    if "raw" in channels:
+        hits["raw"] = next(found)
+    if want_dense:
+        hits["dense"] = src.dense(query, qvec, depth, filters)
+    if rewrite:
+        hits["rewrite"] = next(found)
+    timings[f"{src.task}.search"] = _ms(t)
+    w = weights.for_query(src.coverage(query, hits.get("raw", [])),
+                          sim if encoder is not None else 1.0)
+    return _combine(src, outcome, hits, {c: w[c] for c in hits}, k, weights.k)
+
+
 def search_templates(index, query: str, outcome, k: int, filters: dict | None,
                      channels: tuple[str, ...], weights: FusionWeights, encoder,
                      timings: dict[str, float]) -> ModalityResult:
-    """Search the template index with ``channels`` and fuse them per query.
-
-    Args:
-        index: a ``TemplateIndex``; its dense channel is used when it has one.
-        outcome: the rewrite's ``PromptOutcome`` for the template task.
-        encoder: the text encoder of the dense channel (also measures the rewrite's similarity
-            to the query); None: no dense channel and no similarity floor.
-    """
-    depth = max(k, MIN_DEPTH)
-    want_dense = "dense" in channels and index.has_dense
-    if channels == ("dense",) and not index.has_dense:
-        raise IndexStoreError(f"template index {index.version} has no dense channel; rebuild it "
-                              "with `udrl index templates` (it builds one by default)")
-    rewrite = _use_rewrite(channels, outcome, query)
-    t = time.perf_counter()
-    qvec, sim = _similarity(encoder if (want_dense or rewrite) else None, query,
-                            outcome.prompt if rewrite and channels != ("rewrite",) else None)
-    timings["template.encode"] = _ms(t)
-    t = time.perf_counter()
-    texts = ([query] if "raw" in channels else []) + ([outcome.prompt] if rewrite else [])
-    found = iter(index.search_batch(texts, depth, filters) if texts else [])
-    lists: dict[str, list] = {}
-    if "raw" in channels:
-        lists["raw"] = [(h.id, h.score, _template_fields(h)) for h in next(found)]
-    if want_dense:
-        hits = index.search_dense_batch([query], depth, filters, vectors=qvec)[0]
-        lists["dense"] = [(h.id, h.score, _template_fields(h)) for h in hits]
-    if rewrite:
-        lists["rewrite"] = [(h.id, h.score, _template_fields(h)) for h in next(found)]
-    timings["template.search"] = _ms(t)
-    coverage = term_coverage(query, [" ".join([f["title"], f["category"], *f["tags"]])
-                                     for _, _, f in lists.get("raw", [])[:3]])
-    w = weights.for_query(coverage, sim if encoder is not None else 1.0)
-    return _combine("template", outcome, lists, {c: w[c] for c in lists}, k, index.version,
-                    weights.k)
+    """``search_modality`` over a ``TemplateIndex`` (its dense channel when it has one)."""
+    return search_modality(template_source(index), query, outcome, k, filters, channels,
+                           weights, encoder, timings)
 
 
 def search_images(index, clip, query: str, outcome, k: int, filters: dict | None,
                   channels: tuple[str, ...], weights: FusionWeights, encoder,
                   timings: dict[str, float]) -> ModalityResult:
-    """Search the image index with the raw and rewrite channels (CLIP text tower) and, when
-    the index has one, the dense channel (MiniLM over titles and logged queries), and fuse."""
-    from indexers.image_text import search_image_text
-
-    want_dense = "dense" in channels and index.has_dense and encoder is not None
-    if channels == ("dense",) and not want_dense:
-        raise IndexStoreError(f"image index {index.version} has no text channel (its images "
-                              "have no titles, or it was built with --no-dense); use raw, "
-                              "rewrite or fused")
-    rewrite = _use_rewrite(channels, outcome, query)
-    root = _catalogue_root(index)
-
-    def fields(meta: dict[str, Any]) -> dict[str, Any]:
-        return _image_fields(meta, root)
-
-    texts = ([query] if "raw" in channels else []) + ([outcome.prompt] if rewrite else [])
-    t = time.perf_counter()
-    vecs = clip.encode_texts(texts) if texts else None
-    qvec, sim = _similarity(encoder if want_dense or (rewrite and "raw" in channels) else None,
-                            query, outcome.prompt if rewrite and "raw" in channels else None)
-    timings["image.encode"] = _ms(t)
-    t = time.perf_counter()
-    depth = max(k, MIN_DEPTH)
-    found = iter(index.search(vecs, depth, filters) if texts else [])
-    lists: dict[str, list] = {}
-    if "raw" in channels:
-        lists["raw"] = [(h.id, h.score, fields(h.metadata)) for h in next(found)]
-    if want_dense:
-        hits = search_image_text(index, qvec, depth, filters)[0]
-        lists["dense"] = [(h.id, h.score, fields(h.metadata)) for h in hits]
-    if rewrite:
-        lists["rewrite"] = [(h.id, h.score, fields(h.metadata)) for h in next(found)]
-    timings["image.search"] = _ms(t)
-    w = weights.for_query(0.0, sim if encoder is not None else 1.0)
-    return _combine("image", outcome, lists, {c: w[c] for c in lists}, k, index.version,
-                    weights.k)
+    """``search_modality`` over an ``ImageIndex`` with its CLIP encoder ``clip``."""
+    return search_modality(image_source(index, clip, encoder), query, outcome, k, filters,
+                           channels, weights, encoder, timings)

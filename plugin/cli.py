@@ -192,19 +192,19 @@ def rewrite(
     from rewriters.commands import Command
 
     from .hook import load_engine
+    from .query import Query
 
     s = _settings(ctx, **{"pipeline.engine": engine})
     g = s.generation
     default_len = g.image_length if task == "image" else g.template_length
     command = Command(task, length if length is not None else default_len,
                       relevance if relevance is not None else g.relevance)
-    if not query.strip():
-        raise UdrlError("query is empty; pass some search text")
+    text = Query(query).text  # the service's check: one error line for an empty query
     how = decoding or g.decoding or s.pipeline.decoding
     if decoding is None and how == "greedy" and n > 1:
         how = "sample"  # as the service: greedy would give one prompt n times
     rw = load_engine(s, path=model_dir)
-    outs = rw.rewrite_batch([(" ".join(query.split()), command)], n=n,
+    outs = rw.rewrite_batch([(text, command)], n=n,
                             strict_length=g.strict_length if strict_length is None
                             else strict_length, decoding=how, temperature=g.temperature,
                             top_p=g.top_p, num_beams=max(g.num_beams, n),

@@ -71,11 +71,13 @@ def search(
     (only the indexes QUERY is routed to are loaded)."""
     from .offline.demo import format_results
     from .hook import load_pipeline, routed_tasks
+    from .query import Query
 
+    checked = Query(query)  # before anything loads: a bad query is one error line
     s = _settings(ctx)
-    pipe = load_pipeline(s, tasks=routed_tasks(s, query, task))
+    pipe = load_pipeline(s, tasks=routed_tasks(s, checked, task))
     try:
-        res = pipe.search(query, k=k, task=task, fusion=False if no_fusion else None,
+        res = pipe.search(checked, k=k, task=task, fusion=False if no_fusion else None,
                           deadline_ms=60_000)  # interactive: show what the model writes
     finally:
         pipe.close()

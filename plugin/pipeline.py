@@ -2,7 +2,7 @@
 
 ::
 
-    query ─► IntentDetector ─► tasks ─► commands (task, length, relevance)
+    Query ─► IntentDetector ─► tasks ─► commands (task, length, relevance)
                                             │ check_query: too long for the window → refused
                  RewriteCache ◄─────────────┤ miss                          (plugin.prompts)
                                             ▼
@@ -14,7 +14,9 @@
           raw query ─────────► the same indexes ─────────────────────┤   (plugin.channels)
           query embedding ───► the template index's dense channel ───┘
 
-Every result says which lists it came from (rank in each channel's list), every modality which
+The query is a ``plugin.query.Query``, checked once at the edge and never again here. The
+results are the pipeline's own pydantic dataclasses, which the hook and the HTTP API return as
+they are. Every result says which lists it came from (rank in each channel's list), every modality which
 channels were used with what weight, every prompt which path it took, and the response carries
 the index versions and timings per stage. One deadline covers the whole request; the model
 waits only for what the other stages leave of it.
@@ -26,8 +28,10 @@ import logging
 import time
 import zlib
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
+
+from pydantic.dataclasses import dataclass
 
 from indexers.errors import IndexStoreError
 from rewriters.commands import TASKS, Command
@@ -36,33 +40,37 @@ from rewriters.engines import Rewrite
 
 from .batching import MicroBatcher
 from .config import Settings
-from .channels import MODES, ModalityResult, ResultItem, search_images, search_templates
+from .channels import MODES, SOURCES, ModalityResult, ResultItem, search_modality
 from .fitted_weights import fusion_weights, read_rewrite_fit
 from .fusion import FusionWeights
 from .prompts import PromptStage, count_paths, raw_outcome
-from .rewrite import PATHS, PromptOutcome, RewriteCache, check_prompt, read_precomputed
+from .query import MAX_QUERY_CHARS, Query, as_query
+from .rewrite import PATHS, PromptOutcome, PromptPath, RewriteCache, check_prompt, read_precomputed
 
 __all__ = ["Pipeline", "RewriteResult", "SearchResult", "ModalityResult", "ResultItem",
-           "MAX_QUERY_CHARS", "RETRIEVAL_MODES"]
+           "PromptOutcome", "Query", "MAX_QUERY_CHARS", "RETRIEVAL_MODES"]
 
 log = logging.getLogger(__name__)
 
-MAX_QUERY_CHARS = 512  # longer queries are refused (they are not search queries)
 RETRIEVAL_MODES = tuple(MODES)  # raw, dense, rewrite, hybrid (raw + dense), fused (all)
+
+
+# The result types are pydantic dataclasses: the pipeline builds them once and the Python hook,
+# the CLI and the HTTP API (as its response models) return them as they are.
 
 
 @dataclass
 class RewriteResult:
     """What the rewrite hook decided for one query."""
 
-    query: str
+    query: str  # the checked query's text
     intent: str  # image | template | both
     probs: dict[str, float]  # calibrated intent probabilities
     tasks: list[str]  # the tasks the query was routed to
     prompts: list[PromptOutcome]  # one per task
-    path: str  # the worst path of the prompts: rewrite | retry | raw
+    path: PromptPath  # the worst path of the prompts: rewrite | retry | raw
     model_version: str
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    timings_ms: dict[str, float]  # per stage (intent, rewrite, total)
 
     def prompt_for(self, task: str) -> PromptOutcome | None:
         return next((p for p in self.prompts if p.task == task), None)
@@ -73,27 +81,18 @@ class RewriteResult:
 
 @dataclass
 class SearchResult:
-    query: str
+    """Results per routed modality, with the rewrite they were searched with."""
+
+    query: str  # the checked query's text
     rewrite: RewriteResult
     modalities: list[ModalityResult]
-    timings_ms: dict[str, float] = field(default_factory=dict)
+    timings_ms: dict[str, float]  # per stage (rewrite.*, <task>.encode, <task>.search, total)
 
     def modality(self, task: str) -> ModalityResult | None:
         return next((m for m in self.modalities if m.task == task), None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _check_query(query: Any) -> str:
-    if not isinstance(query, str):
-        raise ConfigError(f"query must be a string, got {type(query).__name__}")
-    q = " ".join(query.split())
-    if not q:
-        raise ConfigError("query is empty; pass some search text")
-    if len(q) > MAX_QUERY_CHARS:
-        raise ConfigError(f"query has {len(q)} characters; the limit is {MAX_QUERY_CHARS}")
-    return q
 
 
 def _ms(t0: float) -> float:
@@ -162,7 +161,7 @@ class Pipeline:
             if not ok:
                 refused += 1
                 continue
-            self.cache.put(row["query"], cmd, self.model_version, ok, "precomputed")
+            self.cache.put(Query(str(row["query"])), cmd, self.model_version, ok, "precomputed")
             loaded += 1
         if stale:
             log.warning("precomputed rewrites: %d rows were made by another model version and "
@@ -179,7 +178,7 @@ class Pipeline:
             length = g.image_length if task == "image" else g.template_length
         return Command(task, length, g.relevance if relevance is None else relevance)
 
-    def rewrite(self, query: str, task: str | None = None, length: int | None = None,
+    def rewrite(self, query: Query | str, task: str | None = None, length: int | None = None,
                 relevance: int | None = None, n: int = 1,
                 deadline_ms: float | None = None, seed: int | None = None,
                 cache: bool = True, cached_only: bool = False) -> RewriteResult | None:
@@ -191,7 +190,8 @@ class Pipeline:
         sampled retries reproducible (offline evaluation uses it); ``cache=False`` skips cached
         and precomputed prompts and asks the model. ``cached_only``: answer only when every
         prompt is cached (None otherwise, nothing queued), so a caller on an event loop can
-        serve hits without a thread.
+        serve hits without a thread. ``query``: a ``Query`` (checked at the edge) is used as it
+        is; a plain string is checked into one here.
 
         Raises:
             ConfigError: bad query, task, length, relevance or n.
@@ -209,7 +209,7 @@ class Pipeline:
                  ) -> RewriteResult | None:
         """``rewrite`` with the model's deadline as a ``time.monotonic()`` instant."""
         t0 = time.perf_counter()
-        q = _check_query(query)
+        q = as_query(query)  # a Query was checked at the edge; a str is checked here, once
         if not 1 <= n <= 8:
             raise ConfigError(f"n {n} is out of range 1-8")
         if task is not None and task not in TASKS:
@@ -217,7 +217,7 @@ class Pipeline:
         timings: dict[str, float] = {}
         t = time.perf_counter()
         if self.intent is not None:
-            pred = self.intent.predict(q)
+            pred = self.intent.predict(q.text)
             intent, probs, routed = pred.intent, pred.probs, list(pred.routed)
         else:
             intent, probs, routed = "both", {}, list(TASKS)
@@ -227,7 +227,7 @@ class Pipeline:
         check = getattr(self.rewriter, "check_query", None)
         if check is not None:  # refuse what the model's window cannot take before queueing
             for cmd in commands:
-                check(q, cmd)
+                check(q.text, cmd)
         t = time.perf_counter()
         stage = PromptStage(self.batcher, self.cache, self.settings, self.model_version)
         prompts = stage.prompts(q, commands, n, deadline_at, seed, cache, cached_only)
@@ -237,12 +237,13 @@ class Pipeline:
         path = max((p.path for p in prompts), key=PATHS.index, default="raw")
         count_paths(self.counters, prompts, n)
         timings["total"] = _ms(t0)
-        return RewriteResult(q, intent, probs, tasks, prompts, path, self.model_version, timings)
+        return RewriteResult(q.text, intent, probs, tasks, prompts, path, self.model_version,
+                             timings)
 
     # -- search --------------------------------------------------------------------------------
 
-    def search(self, query: str, k: int | None = None, filters: dict[str, dict] | None = None,
-               task: str | None = None, length: int | None = None,
+    def search(self, query: Query | str, k: int | None = None,
+               filters: dict[str, dict] | None = None, task: str | None = None, length: int | None = None,
                relevance: int | None = None, fusion: bool | None = None,
                deadline_ms: float | None = None, lists: bool = False,
                cache: bool = True) -> SearchResult:
@@ -307,21 +308,17 @@ class Pipeline:
 
     def _search(self, query: str, outcome, k: int, filters, mode: str,
                 timings: dict[str, float]) -> ModalityResult:
-        channels = MODES[mode]
-        if outcome.task == "image":
-            if self.image_index is None:
-                return ModalityResult("image", outcome.prompt, outcome.path, False, None, [],
-                                      "image index is not loaded")
-            return search_images(self.image_index, self.image_encoder, query, outcome, k,
-                                 filters, channels, self.fusion_weights("image"),
-                                 self.text_encoder, timings)
-        if self.template_index is None:
-            return ModalityResult("template", outcome.prompt, outcome.path, False, None, [],
-                                  "template index is not loaded")
-        return search_templates(self.template_index, query, outcome, k, filters, channels,
-                                self.fusion_weights("template"), self.text_encoder, timings)
+        """One modality (``outcome.task``) searched with ``mode``'s channels and fused."""
+        task = outcome.task
+        index = self.image_index if task == "image" else self.template_index
+        if index is None:
+            return ModalityResult(task, outcome.prompt, outcome.path, False, None, [],
+                                  f"{task} index is not loaded")
+        source = SOURCES[task](index, self.image_encoder, self.text_encoder)
+        return search_modality(source, query, outcome, k, filters, MODES[mode],
+                               self.fusion_weights(task), self.text_encoder, timings)
 
-    def retrieve(self, query: str, task: str, mode: str, k: int = 100,
+    def retrieve(self, query: Query | str, task: str, mode: str, k: int = 100,
                  length: int | None = None, relevance: int | None = None,
                  filters: dict | None = None, deadline_ms: float = 3_600_000) -> ModalityResult:
         """One modality's ranked list for offline evaluation (with a generous model deadline,
@@ -334,17 +331,18 @@ class Pipeline:
         """
         if mode not in RETRIEVAL_MODES:
             raise ConfigError(f"unknown mode {mode!r}; allowed: {', '.join(RETRIEVAL_MODES)}")
-        q = _check_query(query)
+        q = as_query(query)
         if "rewrite" not in MODES[mode]:
-            outcome = raw_outcome(q, self.command(task, length, relevance), 0, [], f"mode {mode}")
+            outcome = raw_outcome(q.text, self.command(task, length, relevance), 0, [],
+                                  f"mode {mode}")
         else:
             try:  # seeded retries: the same query gets the same prompt in every evaluation run
                 outcome = self.rewrite(q, task, length, relevance, 1, deadline_ms,
-                                       seed=zlib.crc32(q.encode())).prompts[0]
+                                       seed=zlib.crc32(q.text.encode())).prompts[0]
             except QueryTooLongError:  # an evaluation scores the raw query rather than stop
-                outcome = raw_outcome(q, self.command(task, length, relevance), 0, [],
+                outcome = raw_outcome(q.text, self.command(task, length, relevance), 0, [],
                                       "query_too_long")
-        res = self._search(q, outcome, k, filters, mode, {})
+        res = self._search(q.text, outcome, k, filters, mode, {})
         if res.error:
             raise IndexStoreError(res.error)
         return res
@@ -370,3 +368,4 @@ class Pipeline:
         self.batcher.close()
         if self.template_index is not None:
             self.template_index.close()
+

@@ -30,6 +30,7 @@ from rewriters.commands import Command
 from .batching import MicroBatcher
 from .config import Settings
 from .errors import UDRL_ERRORS, QueueFullError
+from .query import Query
 from .rewrite import PromptOutcome, RewriteCache, check_prompt
 
 __all__ = ["PromptStage", "raw_outcome", "command_dict", "count_paths"]
@@ -43,9 +44,9 @@ def command_dict(cmd: Command) -> dict[str, Any]:
 
 def raw_outcome(query: str, cmd: Command, attempts: int, rejected: list[str],
                 reason: str) -> PromptOutcome:
-    """The raw query as the prompt (path ``raw``), with why."""
+    """The raw query (its checked text) as the prompt (path ``raw``), with why."""
     return PromptOutcome(cmd.task, command_dict(cmd), query, len(query.split()), "raw", "none",
-                         attempts, rejected, reason)
+                         attempts, rejected, reason, [])
 
 
 @dataclass
@@ -64,13 +65,13 @@ class PromptStage:
     settings: Settings
     version: str
 
-    def prompts(self, query: str, commands: list[Command], n: int, deadline_at: float,
+    def prompts(self, query: Query, commands: list[Command], n: int, deadline_at: float,
                 seed: int | None = None, use_cache: bool = True,
                 cached_only: bool = False) -> list[PromptOutcome] | None:
         """One outcome per command.
 
         Args:
-            query: the checked query.
+            query: the checked query (the cache reads its key, the model its text).
             n: prompts per command.
             deadline_at: ``time.monotonic()`` by which the model must have answered; nothing is
                 queued when it has passed.
@@ -93,8 +94,8 @@ class PromptStage:
                 prompts, stored = hit
                 source = "precomputed" if stored == "precomputed" else "cache"
                 out[i] = PromptOutcome(cmd.task, command_dict(cmd), prompts[0],
-                                       len(prompts[0].split()), "rewrite", source, 0,
-                                       alternatives=prompts[1:n])
+                                       len(prompts[0].split()), "rewrite", source, 0, [], None,
+                                       prompts[1:n])
             else:
                 pending.append(i)
         if pending and cached_only:
@@ -104,7 +105,7 @@ class PromptStage:
 
         def fall_back(reason: str) -> list[PromptOutcome]:
             for i in pending:
-                out[i] = raw_outcome(query, commands[i], attempts, rejected[i], reason)
+                out[i] = raw_outcome(query.text, commands[i], attempts, rejected[i], reason)
             return [out[i] for i in range(len(commands))]
 
         while pending and attempts <= p.retries:
@@ -116,7 +117,7 @@ class PromptStage:
                         temperature=g.temperature, top_p=g.top_p, num_beams=max(g.num_beams, n))
             if seed is not None and opts["decoding"] == "sample":  # reproducible retries
                 opts["seed"] = seed + attempts
-            items = [(query, commands[i]) for i in pending]
+            items = [(query.text, commands[i]) for i in pending]
             try:
                 future = self.batcher.submit(items, deadline_at=deadline_at, **opts)
             except QueueFullError:
@@ -148,13 +149,13 @@ class PromptStage:
                     out[i] = PromptOutcome(
                         commands[i].task, command_dict(commands[i]), good[0],
                         len(good[0].split()), "rewrite" if attempts == 1 else "retry", "model",
-                        attempts, rejected[i], alternatives=good[1:n])
+                        attempts, rejected[i], None, good[1:n])
                 else:
                     still.append(i)
             pending = still
         return fall_back("rejected")
 
-    def _cache_late(self, query: str, items, n: int):
+    def _cache_late(self, query: Query, items, n: int):
         """When a timed-out generation finishes, keep its accepted prompts for the next call."""
         p = self.settings.pipeline
 

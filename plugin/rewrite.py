@@ -6,8 +6,8 @@ a blocklisted term, or flagged by the rewriter) → retry by sampling → fall b
 taken: ``rewrite`` (first try accepted), ``retry`` (a later try accepted), ``raw`` (the raw
 query is used; ``reason`` says why, including ``deadline`` when the model did not answer in time).
 
-The cache maps (normalised query, command, model version) to accepted prompts; it is bounded
-(least recently used entries go first) and counts hits and misses. ``udrl rewrite-batch`` writes
+The cache maps (the query's ``Query.key``, command, model version) to accepted prompts; it is
+bounded (least recently used entries go first) and counts hits and misses. ``udrl rewrite-batch`` writes
 precomputed rewrites to JSONL that the service loads into the cache at start.
 """
 
@@ -20,33 +20,35 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from rewriters.commands import Command
 from rewriters.errors import ConfigError, DataError
 from rewriters.files import file_mode
 from rewriters.engines import Rewrite
 
+from .query import Query
+
 __all__ = [
     "PATHS",
     "PromptOutcome",
+    "PromptPath",
     "RewriteCache",
     "check_prompt",
-    "normalise_query",
     "read_precomputed",
     "write_precomputed",
 ]
 
-PATHS = ("rewrite", "retry", "raw")  # best to worst
+PromptPath = Literal["rewrite", "retry", "raw"]  # how a prompt was obtained, best to worst
+PATHS: tuple[str, ...] = get_args(PromptPath)
 
 
-def normalise_query(query: str) -> str:
-    """Cache key form of a query: lower case, single spaces, no outer spaces."""
-    return " ".join(query.lower().split())
-
-
+# a pydantic dataclass: the HTTP API returns it as it is (``/v1/rewrite``'s ``prompts``)
 @dataclass
 class PromptOutcome:
     """The prompt a task searches with, and how it was obtained."""
@@ -55,16 +57,16 @@ class PromptOutcome:
     command: dict[str, Any]  # task, length, relevance asked for
     prompt: str  # what the index is searched with (the raw query on path "raw")
     words: int
-    path: str  # rewrite | retry | raw
-    source: str = "model"  # model | cache | precomputed | none (raw query)
-    attempts: int = 0  # model calls made for this prompt
-    rejected: list[str] = field(default_factory=list)  # why earlier attempts were refused
-    reason: str | None = None  # why the raw query is used (path "raw")
-    alternatives: list[str] = field(default_factory=list)  # extra prompts when n > 1
-    # prompts asked for (n) and returned (1 + alternatives): fewer when sampled duplicates or
-    # refused prompts were dropped, or when the raw query is used
-    requested: int = 1
-    returned: int = 1
+    path: PromptPath
+    source: str  # model | cache | precomputed | none (raw query)
+    attempts: int  # model calls made for this prompt
+    rejected: list[str]  # why earlier attempts were refused
+    reason: str | None  # why the raw query is used (path "raw")
+    alternatives: list[str]  # extra prompts when n > 1
+    requested: int = Field(1, description="Prompts asked for (the request's n).")
+    returned: int = Field(1, description="Prompts returned: 1 + len(alternatives). Fewer than "
+                          "requested when duplicates or refused prompts were dropped, or the "
+                          "raw query was used.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,7 +110,7 @@ def check_prompt(
 
 
 class RewriteCache:
-    """Bounded LRU of accepted prompts keyed by (normalised query, command, model version).
+    """Bounded LRU of accepted prompts keyed by (``Query.key``, command, model version).
 
     Thread-safe; ``hits`` and ``misses`` count lookups.
     """
@@ -122,10 +124,10 @@ class RewriteCache:
         self.hits = self.misses = 0
 
     @staticmethod
-    def key(query: str, command: Command, version: str) -> tuple:
-        return (normalise_query(query), command.task, command.length, command.relevance, version)
+    def key(query: Query, command: Command, version: str) -> tuple:
+        return (query.key, command.task, command.length, command.relevance, version)
 
-    def get(self, query: str, command: Command, version: str,
+    def get(self, query: Query, command: Command, version: str,
             count: bool = True) -> tuple[list[str], str] | None:
         """(prompts, source) for a key, or None; counts a hit or a miss (``count=False``: a
         look that neither counts nor refreshes the entry)."""
@@ -141,7 +143,7 @@ class RewriteCache:
             self.hits += 1
             return value
 
-    def put(self, query: str, command: Command, version: str, prompts: Sequence[str],
+    def put(self, query: Query, command: Command, version: str, prompts: Sequence[str],
             source: str = "model") -> None:
         if self.max_entries == 0 or not prompts:
             return
@@ -196,8 +198,9 @@ def read_precomputed(path: str | os.PathLike[str]) -> tuple[list[dict[str, Any]]
         try:
             row = json.loads(line)
             Command(row["task"], int(row["length"]), int(row["relevance"]))
-            if not str(row["query"]).strip() or not isinstance(row["prompts"], list):
-                raise ValueError("query must be non-empty and prompts a list")
+            Query(str(row["query"]))  # the service's own check (ConfigError)
+            if not isinstance(row["prompts"], list):
+                raise TypeError("prompts must be a list")
             if not all(isinstance(p, str) and p.strip() for p in row["prompts"]):
                 raise ValueError("prompts must be non-empty strings")
             row["model_version"] = str(row["model_version"])

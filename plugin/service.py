@@ -33,25 +33,28 @@ from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, Info
 from prometheus_client import PlatformCollector, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from indexers.jsonl import first_error
 
-from .api_models import (ReadyResponse, RewriteRequest, RewriteResponse, SearchRequest,
-                         SearchResponse, document_errors, error_response, error_responses)
+from .api_models import (ReadyResponse, RewriteRequest, SearchRequest, document_errors,
+                         error_response, error_responses)
 from .config import Settings, get_settings
 from .errors import UDRL_ERRORS, error_code, http_headers, http_status
 from .limits import RECEIVED_AT, RequestLimits, key_matches
 from .logs import udrl_version
-from .pipeline import Pipeline
+from .pipeline import Pipeline, RewriteResult, SearchResult
 from .reload import Reloader, ReloadReport
 from .web import install_web
 
 __all__ = ["create_app", "bind_warning"]
 
 log = logging.getLogger(__name__)
+
+REWRITE_JSON = TypeAdapter(RewriteResult)  # /v1/rewrite's body, serialised without FastAPI
 
 API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKey",
                        description="Needed on /v1/* when the service has a key "
@@ -218,7 +221,7 @@ def create_app(pipeline: Pipeline | None = None, own: bool = False) -> FastAPI:
 
     refused = error_responses(400, 401, 413, 422, 503)
 
-    @app.post("/v1/rewrite", response_model=RewriteResponse, dependencies=[Depends(check_key)],
+    @app.post("/v1/rewrite", response_model=RewriteResult, dependencies=[Depends(check_key)],
               responses=refused)
     async def rewrite(req: RewriteRequest, request: Request,
                       pipe: Pipeline = Depends(current)) -> Response:
@@ -231,20 +234,20 @@ def create_app(pipeline: Pipeline | None = None, own: bool = False) -> FastAPI:
         if res is None:
             res = await run_in_threadpool(call)
         metrics.observe({f"rewrite.{k}": v for k, v in res.timings_ms.items()})
-        body = RewriteResponse.model_validate(res.to_dict())  # validated once
-        return Response(body.model_dump_json(), media_type="application/json")
+        # built (and validated) once by the pipeline: serialised as is, no second pass
+        return Response(REWRITE_JSON.dump_json(res), media_type="application/json")
 
-    @app.post("/v1/search", response_model=SearchResponse, dependencies=[Depends(check_key)],
+    @app.post("/v1/search", response_model=SearchResult, dependencies=[Depends(check_key)],
               responses=refused)
     def search(req: SearchRequest, request: Request,
-               pipe: Pipeline = Depends(current)) -> SearchResponse:
+               pipe: Pipeline = Depends(current)) -> SearchResult:
         """Fused raw + rewritten results per routed modality."""
         filters = req.filters.as_dict() if req.filters is not None else None
         res = pipe.search(req.query, req.k, filters, req.task, req.length, req.relevance,
                           req.fusion, _deadline(pipe, req.deadline_ms, request), lists=req.lists,
                           cache=req.cache)
         metrics.observe(res.timings_ms)
-        return SearchResponse.model_validate(res.to_dict())
+        return res  # the pipeline's own result: FastAPI takes the instance as it is
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:

@@ -3,6 +3,7 @@ import threading
 import pytest
 
 from plugin.batching import MicroBatcher
+from plugin.query import Query
 from plugin.rewrite import (RewriteCache, check_prompt, read_precomputed, write_precomputed)
 from rewriters.errors import ConfigError, DataError
 from rewriters.engines import Rewrite
@@ -41,15 +42,15 @@ def test_check_prompt_keeps_rewriter_problems_but_not_truncation():
 def test_cache_lru_and_counters():
     cache = RewriteCache(max_entries=2)
     c = command()
-    assert cache.get("Cozy  Cabin", c, "v1") is None
-    cache.put("cozy cabin", c, "v1", ["p1"])
-    assert cache.get("  COZY cabin ", c, "v1") == (["p1"], "model")  # normalised key
-    assert cache.get("cozy cabin", c, "v2") is None  # another model version
-    assert cache.get("cozy cabin", command(length=6), "v1") is None  # another command
-    cache.put("b", c, "v1", ["p2"])
-    cache.get("cozy cabin", c, "v1")  # touch: "b" is now the oldest
-    cache.put("c", c, "v1", ["p3"])
-    assert cache.get("b", c, "v1") is None and cache.get("c", c, "v1") is not None
+    assert cache.get(Query("Cozy  Cabin"), c, "v1") is None
+    cache.put(Query("cozy cabin"), c, "v1", ["p1"])
+    assert cache.get(Query("  COZY cabin "), c, "v1") == (["p1"], "model")  # Query.key
+    assert cache.get(Query("cozy cabin"), c, "v2") is None  # another model version
+    assert cache.get(Query("cozy cabin"), command(length=6), "v1") is None  # another command
+    cache.put(Query("b"), c, "v1", ["p2"])
+    cache.get(Query("cozy cabin"), c, "v1")  # touch: "b" is now the oldest
+    cache.put(Query("c"), c, "v1", ["p3"])
+    assert cache.get(Query("b"), c, "v1") is None and cache.get(Query("c"), c, "v1") is not None
     assert cache.stats() == {"entries": 2, "max_entries": 2, "hits": 3, "misses": 4}
     with pytest.raises(ConfigError):
         RewriteCache(-1)
