@@ -63,10 +63,15 @@ def test_search_endpoint_fusion_is_stable(client_for):
     assert not off["fused"] and all(list(r["ranks"]) == ["rewrite"] for r in off["results"])
 
 
-def test_search_routes_by_intent_to_templates(client_for):
+@pytest.mark.parametrize("query, intent", [("summer sale flyer", "template"),
+                                           ("blue cabin photo", "image")])
+def test_search_routes_by_detected_intent(client_for, query, intent):
+    # no task in the request: the intent model routes it (the fixture's model learnt queries
+    # with flyer/poster/menu/sale as template searches, the others as image searches)
     client = client_for()
-    data = client.post("/v1/search", json={"query": "modern poster", "task": "template"}).json()
-    assert [m["task"] for m in data["modalities"]] == ["template"]
+    data = client.post("/v1/search", json={"query": query}).json()
+    assert data["rewrite"]["intent"] == intent and data["rewrite"]["tasks"] == [intent]
+    assert [m["task"] for m in data["modalities"]] == [intent]
     assert data["modalities"][0]["results"]
 
 
