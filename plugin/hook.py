@@ -28,6 +28,7 @@ from .config import Settings, load_settings
 from .errors import UDRL_ERRORS
 from .index_settings import es_settings, make_text_encoder
 from .pipeline import Pipeline, RewriteResult, SearchResult
+from .query import Query, as_query
 
 __all__ = ["RewriteHook", "load_pipeline", "load_engine", "es_settings", "routed_tasks"]
 
@@ -177,7 +178,7 @@ def load_pipeline(settings: Settings, rewriter=None, indexes: bool = True,
     return pipe
 
 
-def routed_tasks(settings: Settings, query: str, task: str | None = None) -> list[str]:
+def routed_tasks(settings: Settings, query: Query | str, task: str | None = None) -> list[str]:
     """The tasks ``query`` goes to: ``[task]`` when given, else the intent model's routing
     (both without one), so that a caller loads only those indexes."""
     if task is not None:
@@ -188,7 +189,7 @@ def routed_tasks(settings: Settings, query: str, task: str | None = None) -> lis
         return list(TASKS)
     from rewriters.intent import load_intent_detector
 
-    return list(load_intent_detector(settings.intent_dir).predict(query).routed)
+    return list(load_intent_detector(settings.intent_dir).predict(as_query(query).text).routed)
 
 
 def _open_side(task: str, wanted: set[str], errors: dict[str, str], opener, *args):
@@ -209,7 +210,11 @@ def _open_side(task: str, wanted: set[str], errors: dict[str, str], opener, *arg
 
 
 class RewriteHook:
-    """Call the rewrite plugin in-process: ``rewrite`` and ``search`` like the HTTP API."""
+    """Call the rewrite plugin in-process: ``rewrite`` and ``search`` like the HTTP API.
+
+    Like the API's request bodies, both check the query here, at the edge (``Query``; a bad one
+    raises ``ConfigError``), and hand the pipeline the checked value.
+    """
 
     def __init__(self, pipeline: Pipeline):
         self.pipeline = pipeline
@@ -224,16 +229,16 @@ class RewriteHook:
         """Load from a workspace folder (``udrl`` settings from ``config``/env as usual)."""
         return cls.from_settings(load_settings(config, workspace=Path(workspace), **overrides))
 
-    def rewrite(self, query: str, task: str | None = None, length: int | None = None,
+    def rewrite(self, query: Query | str, task: str | None = None, length: int | None = None,
                 relevance: int | None = None, n: int = 1,
                 deadline_ms: float | None = None) -> RewriteResult:
         """Intent, prompts and path for ``query`` (see ``Pipeline.rewrite``)."""
-        return self.pipeline.rewrite(query, task, length, relevance, n, deadline_ms)
+        return self.pipeline.rewrite(as_query(query), task, length, relevance, n, deadline_ms)
 
-    def search(self, query: str, k: int | None = None, filters: dict | None = None,
+    def search(self, query: Query | str, k: int | None = None, filters: dict | None = None,
                **options: Any) -> SearchResult:
         """Fused results per modality for ``query`` (see ``Pipeline.search``)."""
-        return self.pipeline.search(query, k, filters, **options)
+        return self.pipeline.search(as_query(query), k, filters, **options)
 
     def close(self) -> None:
         self.pipeline.close()
