@@ -224,10 +224,8 @@ class Pipeline:
         timings["intent"] = _ms(t)
         tasks = [task] if task else routed
         commands = [self.command(tk, length, relevance) for tk in tasks]
-        check = getattr(self.rewriter, "check_query", None)
-        if check is not None:  # refuse what the model's window cannot take before queueing
-            for cmd in commands:
-                check(q.text, cmd)
+        for cmd in commands:  # refuse what the model's window cannot take before queueing
+            self.rewriter.check_query(q.text, cmd)
         t = time.perf_counter()
         stage = PromptStage(self.batcher, self.cache, self.settings, self.model_version)
         prompts = stage.prompts(q, commands, n, deadline_at, seed, cache, cached_only)

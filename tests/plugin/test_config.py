@@ -40,3 +40,16 @@ def test_secrets_do_not_print(monkeypatch):
     monkeypatch.setenv("UDRL_TEACHER__API_KEY", "sk-secret")
     s = load_settings()
     assert "sk-secret" not in repr(s) and s.teacher.api_key.get_secret_value() == "sk-secret"
+
+
+def test_setting_choices_are_the_registries_names():
+    """The settings list the plug-in names as typed choices; they must be the registries'."""
+    from typing import get_args
+
+    from indexers.template_backends import TEMPLATE_BACKENDS
+    from plugin.config import IndexSettings, PipelineSettings
+    from rewriters.engines import ENGINE_CHOICES
+
+    assert get_args(PipelineSettings.model_fields["engine"].annotation) == ENGINE_CHOICES
+    assert set(get_args(IndexSettings.model_fields["template_backend"].annotation)) == \
+        set(TEMPLATE_BACKENDS)
